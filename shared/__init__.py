@@ -1,0 +1,1 @@
+"""uanet's own shared package: settings, event models, messaging, database helpers, tokens."""

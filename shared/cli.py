@@ -1,0 +1,175 @@
+"""The ``uanet`` command (contract §1)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+from enum import Enum
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from shared.settings import SERVICES, Settings, SettingsError, load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="uanet: urgent-action alerts")
+token_app = typer.Typer(no_args_is_help=True, help="API tokens")
+dead_app = typer.Typer(no_args_is_help=True, help="Messages that could not be handled")
+app.add_typer(token_app, name="token")
+app.add_typer(dead_app, name="dead-letters")
+
+
+class ServiceName(str, Enum):
+    publisher = "publisher"
+    subscriptions = "subscriptions"
+    dispatcher = "dispatcher"
+
+
+class Role(str, Enum):
+    admin = "admin"
+    staff = "staff"
+    coordinator = "coordinator"
+
+
+def fail(message: str) -> NoReturn:
+    """One clear line on stderr, exit status 2 (contract §1)."""
+    typer.echo(f"uanet: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def settings_or_exit(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def serve(service: ServiceName) -> None:
+    """Run one service in the foreground (what a container runs)."""
+    import uvicorn
+
+    from shared.logs import configure_logging
+
+    settings = settings_or_exit()
+    try:
+        settings.require_secret()
+    except SettingsError as exc:
+        fail(str(exc))
+    configure_logging(service.value)
+    module = importlib.import_module(f"services.{service.value}.app")
+    application = module.create_app(settings)
+    uvicorn.run(
+        application,
+        host="0.0.0.0",
+        port=settings.port(service.value),
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def migrate_all(settings: Settings) -> None:
+    from shared.migrations import upgrade
+
+    for service in SERVICES:
+        upgrade(service, settings.database_url(service))
+
+
+@app.command()
+def migrate() -> None:
+    """Bring every service's database schema to the newest revision."""
+    settings = settings_or_exit()
+    try:
+        migrate_all(settings)
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback, for an operator
+        fail(f"migration failed: {type(exc).__name__}: {exc}")
+    typer.echo("migrated: " + ", ".join(SERVICES))
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[Role, typer.Option(help="admin, staff or coordinator")],
+    name: Annotated[str, typer.Option(help="who or what the token is for")],
+) -> None:
+    """Create an API token; it is printed alone on the last line (and never shown again)."""
+    from services.publisher.auth import create_api_token
+    from shared.db import make_engine, make_sessionmaker
+
+    if not name.strip():
+        fail("--name must not be empty")
+    settings = settings_or_exit()
+
+    async def run() -> str:
+        engine = make_engine(settings.publisher_database_url)
+        try:
+            return await create_api_token(make_sessionmaker(engine), role=role.value, name=name)
+        finally:
+            await engine.dispose()
+
+    try:
+        token = asyncio.run(run())
+    except Exception as exc:  # noqa: BLE001
+        fail(f"could not create the token ({type(exc).__name__}); did you run `uanet migrate`?")
+    typer.echo(f"created {role.value} token for {name}; store it now, it is not shown again:")
+    typer.echo(token)
+
+
+@dead_app.command("list")
+def dead_letters_list(
+    limit: Annotated[int, typer.Option(min=1, help="at most this many")] = 100,
+) -> None:
+    """Show dead-lettered messages with their reasons (they stay in the queue)."""
+    from shared.messaging import list_dead_letters
+
+    settings = settings_or_exit()
+    letters = asyncio.run(list_dead_letters(settings.amqp_url, limit))
+    if not letters:
+        typer.echo("no dead letters")
+        return
+    for letter in letters:
+        typer.echo(
+            f"{letter.message_id}\t{letter.queue}\t{letter.routing_key}\t"
+            f"{letter.failed_at}\t{letter.reason}"
+        )
+    typer.echo(f"{len(letters)} dead letter(s)")
+
+
+@dead_app.command("replay")
+def dead_letters_replay(
+    message_id: Annotated[
+        str | None, typer.Option("--id", help="replay only this message id")
+    ] = None,
+) -> None:
+    """Send dead-lettered messages back to the queue they came from."""
+    from shared.messaging import replay_dead_letters
+
+    settings = settings_or_exit()
+    count = asyncio.run(replay_dead_letters(settings.amqp_url, message_id))
+    typer.echo(f"replayed {count} message(s)")
+
+
+def _register_optional() -> None:
+    """Commands that live with the code they drive (``uanet up``, users, subscribers)."""
+    for module in ("devtools.up", "services.publisher.cli", "services.subscriptions.cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name):
+                continue
+            raise
+        mod.register(app)
+
+
+def main() -> None:
+    _register_optional()
+    try:
+        app()
+    except SettingsError as exc:
+        typer.echo(f"uanet: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

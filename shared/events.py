@@ -1,0 +1,244 @@
+"""Messages that travel between the services (version 1).
+
+Events are past tense (something happened in the service that owns it); commands are imperative
+(one service asks the dispatcher to send). Every message carries ``message_id``: the AMQP
+``message_id`` too, and the key consumers use to handle a redelivered message only once.
+
+Routing keys live beside each model (``ROUTING_KEY``) so publishers and topology agree.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Channel = Literal["email", "sms"]
+Urgency = Literal["urgent", "standard"]
+Outcome = Literal["released", "charges_dropped", "sentence_commuted", "improved", "no_change", "other"]
+ResponseKind = Literal["letter", "email", "call", "sms_reply", "other"]
+UpdateKind = Literal["further_information", "outcome"]
+# What a delivery is: the first alert, a follow-up (by update id) or the closing outcome.
+MessageKind = str  # "alert" | "update:<uuid>" | "closed"
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    ROUTING_KEY: ClassVar[str]
+
+    message_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    occurred_at: datetime = Field(default_factory=utcnow)
+    version: int = SCHEMA_VERSION
+
+
+# ---- shapes shared by several messages ------------------------------------------------------
+
+
+class Target(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    title: str | None = None
+    address: str | None = None
+    email: str | None = None
+    salutation: str | None = None
+
+
+class Audience(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    countries: list[str] = []
+    themes: list[str] = []
+    languages: list[str] = []
+
+
+class ActionContent(BaseModel):
+    """One language's text of an urgent action."""
+
+    model_config = ConfigDict(frozen=True)
+    subject: str
+    summary: str = ""
+    body: str = ""
+    sms: str = ""
+    model_letter: str = ""
+
+
+class UpdateContent(BaseModel):
+    """One language's text of a follow-up or a closing outcome."""
+
+    model_config = ConfigDict(frozen=True)
+    subject: str
+    body: str = ""
+    sms: str = ""
+
+
+# ---- publisher -> everyone --------------------------------------------------------------------
+
+
+class ActionPublished(Message):
+    ROUTING_KEY: ClassVar[str] = "action.published"
+    action_id: uuid.UUID
+    reference: str
+    title: str
+    country: str
+    themes: list[str]
+    urgency: Urgency
+    channels: list[Channel]
+    deadline: date | None = None
+    default_language: str
+    audience: Audience
+    targets: list[Target]
+    content: dict[str, ActionContent]
+    published_at: datetime
+
+
+class ActionUpdated(Message):
+    """A follow-up: goes only to those who received the action."""
+
+    ROUTING_KEY: ClassVar[str] = "action.updated"
+    action_id: uuid.UUID
+    update_id: uuid.UUID
+    reference: str
+    kind: UpdateKind
+    outcome: Outcome | None = None
+    content: dict[str, UpdateContent]
+    default_language: str
+
+
+class ActionClosed(Message):
+    """Closed; alerts not yet out are cancelled. ``content`` (optional) goes to recipients."""
+
+    ROUTING_KEY: ClassVar[str] = "action.closed"
+    action_id: uuid.UUID
+    update_id: uuid.UUID
+    reference: str
+    outcome: Outcome
+    content: dict[str, UpdateContent] | None = None
+    default_language: str
+
+
+# ---- subscriptions -> publisher / dispatcher --------------------------------------------------
+
+
+class AudienceCounted(Message):
+    """One page of an action's audience was handed to the dispatcher.
+
+    Pages are disjoint, so the publisher sums them: ``recipients`` per channel (alerts to be sent)
+    and ``by_country`` (distinct people per country of residence).
+    """
+
+    ROUTING_KEY: ClassVar[str] = "audience.counted"
+    action_id: uuid.UUID
+    recipients: dict[Channel, int]
+    by_country: dict[str, int]
+
+
+class Recipient(BaseModel):
+    """One subscriber on one channel, with everything the dispatcher needs to address them."""
+
+    model_config = ConfigDict(frozen=True)
+    subscriber_id: uuid.UUID
+    channel: Channel
+    address: str  # email address or E.164 number
+    language: str
+    name: str = ""
+    act_url: str | None = None
+    unsubscribe_url: str
+    preferences_url: str | None = None
+    # Standard SMS wait for local daytime; None means send at once.
+    timezone: str | None = None
+
+
+class DeliveryBatch(Message):
+    """Command to the dispatcher: send ``message_kind`` of an action to these recipients."""
+
+    ROUTING_KEY: ClassVar[str] = "dispatch.batch"
+    action_id: uuid.UUID
+    message_kind: MessageKind
+    recipients: list[Recipient]
+
+
+class TransactionalMessage(Message):
+    """Command to the dispatcher: one message that is not an alert (confirmation, HELP reply).
+
+    The dispatcher renders ``template`` (a name in its own template set) with ``context``.
+    """
+
+    ROUTING_KEY: ClassVar[str] = "dispatch.message"
+    template: str
+    channel: Channel
+    to: str
+    language: str
+    context: dict[str, Any] = {}
+    unsubscribe_url: str | None = None
+
+
+class ResponseRecorded(Message):
+    """A subscriber reported taking action. ``message_id`` is the report's id (dedup key)."""
+
+    ROUTING_KEY: ClassVar[str] = "response.recorded"
+    action_id: uuid.UUID
+    subscriber_id: uuid.UUID
+    country: str | None = None
+    kind: ResponseKind
+    count: int = Field(ge=1, le=50)
+
+
+class SubscriberErased(Message):
+    ROUTING_KEY: ClassVar[str] = "subscriber.erased"
+    subscriber_id: uuid.UUID
+
+
+# ---- dispatcher -> publisher / subscriptions --------------------------------------------------
+
+
+class DeliveriesReported(Message):
+    """Counts of one batch's outcomes (aggregated so a 100,000 fan-out is not 100,000 events)."""
+
+    ROUTING_KEY: ClassVar[str] = "delivery.reported"
+    action_id: uuid.UUID
+    message_kind: MessageKind
+    channel: Channel
+    sent: int = 0
+    failed: int = 0
+
+
+class DeliveryStatusChanged(Message):
+    """A delivery receipt moved a sent message to delivered or failed."""
+
+    ROUTING_KEY: ClassVar[str] = "delivery.status"
+    action_id: uuid.UUID | None
+    message_kind: MessageKind
+    channel: Channel
+    status: Literal["delivered", "failed"]
+
+
+class RecipientSuppressed(Message):
+    """An address bounced for good, or a number replied STOP to the carrier (Twilio 21610)."""
+
+    ROUTING_KEY: ClassVar[str] = "recipient.suppressed"
+    subscriber_id: uuid.UUID | None
+    channel: Channel
+    address: str
+    reason: Literal["hard_bounce", "opted_out"]
+
+
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    ActionPublished,
+    ActionUpdated,
+    ActionClosed,
+    AudienceCounted,
+    DeliveryBatch,
+    TransactionalMessage,
+    ResponseRecorded,
+    SubscriberErased,
+    DeliveriesReported,
+    DeliveryStatusChanged,
+    RecipientSuppressed,
+)

@@ -1,0 +1,446 @@
+"""The AMQP topology and a thin publish/consume layer over aio-pika.
+
+Rules it enforces (see DESIGN.md):
+- every work queue is a durable quorum queue with a delivery limit;
+- messages are persistent and a publish returns only once the broker confirmed it;
+- a handler's work is acked only after it returned (the handler commits before returning);
+- a temporary failure goes to a delay queue (TTL, then dead-lettered back to its queue), so a retry
+  never blocks the messages behind it; one that keeps failing, or that cannot be parsed, goes to the
+  dead-letter queue with its reason in the headers, and the consumer goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
+from pydantic import ValidationError
+from prometheus_client import Counter
+
+from shared import events
+
+log = logging.getLogger(__name__)
+
+EVENTS_EXCHANGE = "uanet.events"
+DEAD_LETTER_EXCHANGE = "uanet.dead-letter"
+DEAD_LETTER_QUEUE = "uanet.dead-letters"
+# Broker-side safety net: a message redelivered this often (a consumer crashing on it) is
+# dead-lettered by RabbitMQ itself.
+DELIVERY_LIMIT = 10
+
+H_ATTEMPT = "x-uanet-attempt"
+H_REASON = "x-uanet-reason"
+H_QUEUE = "x-uanet-queue"
+H_ROUTING_KEY = "x-uanet-routing-key"
+H_FAILED_AT = "x-uanet-failed-at"
+
+MESSAGES_CONSUMED = Counter(
+    "uanet_messages_consumed_total", "Messages handled from a queue", ["queue", "outcome"]
+)
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    bindings: tuple[str, ...]
+    # Seconds to wait before each retry; its length is how many retries a message gets.
+    retry_delays: tuple[int, ...] = (2, 10, 60, 300)
+
+    def delay_queue(self, delay: int) -> str:
+        return f"{self.name}.retry.{delay}s"
+
+
+QUEUES: tuple[QueueSpec, ...] = (
+    QueueSpec(
+        "publisher.tally",
+        (
+            events.AudienceCounted.ROUTING_KEY,
+            events.DeliveriesReported.ROUTING_KEY,
+            events.DeliveryStatusChanged.ROUTING_KEY,
+            events.ResponseRecorded.ROUTING_KEY,
+        ),
+    ),
+    QueueSpec(
+        "subscriptions.actions",
+        (
+            events.ActionPublished.ROUTING_KEY,
+            events.ActionUpdated.ROUTING_KEY,
+            events.ActionClosed.ROUTING_KEY,
+        ),
+    ),
+    QueueSpec("subscriptions.suppressions", (events.RecipientSuppressed.ROUTING_KEY,)),
+    QueueSpec(
+        "dispatcher.actions",
+        (
+            events.ActionPublished.ROUTING_KEY,
+            events.ActionUpdated.ROUTING_KEY,
+            events.ActionClosed.ROUTING_KEY,
+            events.SubscriberErased.ROUTING_KEY,
+        ),
+    ),
+    # A batch may arrive before the dispatcher has heard of its action: short first delays.
+    QueueSpec("dispatcher.batches", (events.DeliveryBatch.ROUTING_KEY,), (1, 5, 30, 120, 600)),
+    QueueSpec("dispatcher.messages", (events.TransactionalMessage.ROUTING_KEY,), (1, 5, 30, 120, 600)),
+)
+QUEUES_BY_NAME = {q.name: q for q in QUEUES}
+
+
+def queue_spec(name: str) -> QueueSpec:
+    return QUEUES_BY_NAME[name]
+
+
+async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
+    """Declare every exchange, queue and binding (idempotent); return the events exchange."""
+    exchange = await channel.declare_exchange(
+        EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    dlx = await channel.declare_exchange(
+        DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    dead = await channel.declare_queue(
+        DEAD_LETTER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dead.bind(dlx)
+    for spec in QUEUES:
+        queue = await channel.declare_queue(
+            spec.name,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": DELIVERY_LIMIT,
+                "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            },
+        )
+        for key in spec.bindings:
+            await queue.bind(exchange, routing_key=key)
+        for delay in spec.retry_delays:
+            # Queue-wide TTL: every message in it waits the same, so none blocks another.
+            await channel.declare_queue(
+                spec.delay_queue(delay),
+                durable=True,
+                arguments={
+                    "x-message-ttl": delay * 1000,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": spec.name,
+                },
+            )
+    return exchange
+
+
+class Retry(Exception):
+    """A temporary failure: handle this message again later (through a delay queue)."""
+
+    def __init__(self, reason: str, *, delay: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
+class Reject(Exception):
+    """This message can never be handled: dead-letter it with the reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a handler may want to know about the AMQP message it is handling."""
+
+    queue: str
+    routing_key: str
+    attempt: int
+    headers: dict[str, Any] = field(default_factory=dict)
+
+
+M = TypeVar("M", bound=events.Message)
+Handler = Callable[[Any, Delivery], Awaitable[None]]
+
+
+def _model_for(routing_key: str, models: Sequence[type[events.Message]]) -> type[events.Message]:
+    for model in models:
+        if model.ROUTING_KEY == routing_key:
+            return model
+    raise Reject(f"no handler for routing key {routing_key!r}")
+
+
+class Broker:
+    """One robust connection per process: a confirming channel to publish, one per consumer."""
+
+    def __init__(self, url: str, *, name: str = "uanet") -> None:
+        self.url = url
+        self.name = name
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._publish_lock = asyncio.Lock()
+
+    async def connect(self) -> None:
+        self._connection = await aio_pika.connect_robust(
+            self.url, client_properties={"connection_name": self.name}
+        )
+        self._channel = await self._connection.channel(publisher_confirms=True)
+        self._exchange = await declare_topology(self._channel)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    @property
+    def channel(self) -> AbstractChannel:
+        if self._channel is None:
+            raise RuntimeError("broker not connected")
+        return self._channel
+
+    async def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str,
+        headers: dict[str, Any] | None = None,
+        exchange: str = EVENTS_EXCHANGE,
+        timeout: float = 10.0,
+    ) -> None:
+        """Publish persistently; returns once the broker confirmed (raises otherwise)."""
+        message = aio_pika.Message(
+            body,
+            message_id=message_id,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=headers or {},
+            timestamp=datetime.now(UTC),
+        )
+        channel = self.channel
+        if exchange == EVENTS_EXCHANGE and self._exchange is not None:
+            target = self._exchange
+        elif exchange == "":
+            target = channel.default_exchange
+        else:
+            target = await channel.get_exchange(exchange, ensure=False)
+        await target.publish(message, routing_key=routing_key, mandatory=False, timeout=timeout)
+
+    async def publish_event(self, event: events.Message) -> None:
+        await self.publish(
+            event.ROUTING_KEY,
+            event.model_dump_json().encode(),
+            message_id=str(event.message_id),
+        )
+
+    async def dead_letter(
+        self, message: AbstractIncomingMessage, *, queue: str, reason: str
+    ) -> None:
+        headers = dict(message.headers or {})
+        headers.update(
+            {
+                H_REASON: reason[:500],
+                H_QUEUE: queue,
+                H_ROUTING_KEY: message.routing_key or "",
+                H_FAILED_AT: datetime.now(UTC).isoformat(),
+            }
+        )
+        await self.publish(
+            "",
+            message.body,
+            message_id=message.message_id or "",
+            headers=headers,
+            exchange=DEAD_LETTER_EXCHANGE,
+        )
+
+    async def consume(
+        self,
+        queue_name: str,
+        handler: Handler,
+        models: Sequence[type[events.Message]],
+        *,
+        prefetch: int = 20,
+    ) -> None:
+        """Start consuming ``queue_name``; each body is parsed as the model of its routing key."""
+        if self._connection is None:
+            raise RuntimeError("broker not connected")
+        spec = queue_spec(queue_name)
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.get_queue(queue_name, ensure=False)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await self._handle(spec, message, handler, models)
+
+        await queue.consume(on_message)
+
+    async def _handle(
+        self,
+        spec: QueueSpec,
+        message: AbstractIncomingMessage,
+        handler: Handler,
+        models: Sequence[type[events.Message]],
+    ) -> None:
+        headers = dict(message.headers or {})
+        attempt = int(headers.get(H_ATTEMPT, 0) or 0)  # type: ignore[call-overload]
+        # A retried message comes back through the default exchange, so the original routing key
+        # travels in a header.
+        routing_key = str(headers.get(H_ROUTING_KEY) or message.routing_key or "")
+        delivery = Delivery(spec.name, routing_key, attempt, headers)
+        try:
+            try:
+                model = _model_for(routing_key, models)
+                payload = model.model_validate_json(message.body)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"]) or "body"
+                raise Reject(f"malformed {routing_key}: {where}: {first['msg']}") from None
+            await handler(payload, delivery)
+        except Reject as exc:
+            await self._settle_dead(spec, message, exc.reason)
+            return
+        except Retry as exc:
+            await self._settle_retry(spec, message, routing_key, attempt, exc.reason, exc.delay)
+            return
+        except asyncio.CancelledError:
+            # Shutting down mid-message: leave it unacked so the broker redelivers it.
+            raise
+        except Exception as exc:  # noqa: BLE001 - any handler bug must not become a crash loop
+            log.exception("handler failed", extra={"queue": spec.name})
+            reason = f"{type(exc).__name__} in handler"
+            await self._settle_retry(spec, message, routing_key, attempt, reason, None)
+            return
+        await message.ack()
+        MESSAGES_CONSUMED.labels(spec.name, "ok").inc()
+
+    async def _settle_dead(
+        self, spec: QueueSpec, message: AbstractIncomingMessage, reason: str
+    ) -> None:
+        log.warning("dead-lettered", extra={"queue": spec.name, "reason": reason})
+        await self.dead_letter(message, queue=spec.name, reason=reason)
+        await message.ack()
+        MESSAGES_CONSUMED.labels(spec.name, "dead_lettered").inc()
+
+    async def _settle_retry(
+        self,
+        spec: QueueSpec,
+        message: AbstractIncomingMessage,
+        routing_key: str,
+        attempt: int,
+        reason: str,
+        delay: int | None,
+    ) -> None:
+        if attempt >= len(spec.retry_delays):
+            await self._settle_dead(spec, message, f"gave up after {attempt} retries: {reason}")
+            return
+        wait = delay if delay in spec.retry_delays else spec.retry_delays[attempt]
+        headers = dict(message.headers or {})
+        headers.update({H_ATTEMPT: attempt + 1, H_ROUTING_KEY: routing_key, H_REASON: reason[:500]})
+        await self.publish(
+            spec.delay_queue(wait),
+            message.body,
+            message_id=message.message_id or "",
+            headers=headers,
+            exchange="",
+        )
+        await message.ack()
+        MESSAGES_CONSUMED.labels(spec.name, "retried").inc()
+
+
+@dataclass
+class DeadLetter:
+    message_id: str
+    queue: str
+    routing_key: str
+    reason: str
+    failed_at: str
+    body: bytes
+
+
+def _describe(message: AbstractIncomingMessage) -> DeadLetter:
+    headers = dict(message.headers or {})
+    queue = str(headers.get(H_QUEUE) or "")
+    reason = str(headers.get(H_REASON) or "")
+    deaths = headers.get("x-death")
+    if not queue and isinstance(deaths, list) and deaths:
+        # Dead-lettered by the broker itself (delivery limit): x-death names the queue.
+        first = deaths[0]
+        if isinstance(first, dict):
+            queue = str(first.get("queue", ""))
+            reason = reason or f"broker: {first.get('reason', '')}"
+    return DeadLetter(
+        message_id=message.message_id or "",
+        queue=queue,
+        routing_key=str(headers.get(H_ROUTING_KEY) or message.routing_key or ""),
+        reason=reason,
+        failed_at=str(headers.get(H_FAILED_AT) or ""),
+        body=message.body,
+    )
+
+
+async def list_dead_letters(url: str, limit: int = 1000) -> list[DeadLetter]:
+    """Read the dead-letter queue without removing anything."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        await declare_topology(channel)
+        queue = await channel.get_queue(DEAD_LETTER_QUEUE)
+        found: list[DeadLetter] = []
+        held: list[AbstractIncomingMessage] = []
+        while len(found) < limit:
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            held.append(message)
+            found.append(_describe(message))
+        for message in held:
+            await message.nack(requeue=True)
+        return found
+    finally:
+        await connection.close()
+
+
+async def replay_dead_letters(url: str, message_id: str | None = None) -> int:
+    """Send dead letters back to the queue they came from (all, or one by message id)."""
+    broker = Broker(url, name="uanet-cli")
+    await broker.connect()
+    replayed = 0
+    try:
+        channel = await broker._connection.channel()  # type: ignore[union-attr]
+        queue = await channel.get_queue(DEAD_LETTER_QUEUE)
+        kept: list[AbstractIncomingMessage] = []
+        while True:
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            letter = _describe(message)
+            if (message_id and letter.message_id != message_id) or letter.queue not in QUEUES_BY_NAME:
+                kept.append(message)
+                continue
+            headers = {
+                k: v
+                for k, v in dict(message.headers or {}).items()
+                if k not in (H_ATTEMPT, H_REASON, H_QUEUE, H_FAILED_AT, "x-death")
+            }
+            headers[H_ROUTING_KEY] = letter.routing_key
+            await broker.publish(
+                letter.queue, message.body, message_id=letter.message_id, headers=headers, exchange=""
+            )
+            await message.ack()
+            replayed += 1
+        for message in kept:
+            await message.nack(requeue=True)
+        return replayed
+    finally:
+        await broker.close()

@@ -1,0 +1,87 @@
+"""The life of one service process: database, broker, outbox relay and consumers.
+
+Opened in FastAPI's ``lifespan`` and closed in its ``finally``; nothing connects at import time.
+If the broker is not there yet, the service still answers HTTP (``/readyz`` says not ready) and keeps
+trying; aio-pika's robust connection then reconnects by itself after any later loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared import events
+from shared.db import OutboxMixin, OutboxRelay, make_engine, make_sessionmaker, ping
+from shared.messaging import Broker, Handler
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    queue: str
+    handler: Handler
+    models: Sequence[type[events.Message]]
+    prefetch: int = 20
+
+
+@dataclass
+class ServiceRuntime:
+    service: str
+    settings: Settings
+    outbox_model: type[OutboxMixin]
+    engine: AsyncEngine = field(init=False)
+    sessionmaker: async_sessionmaker[AsyncSession] = field(init=False)
+    broker: Broker = field(init=False)
+    relay: OutboxRelay = field(init=False)
+    _starter: asyncio.Task[None] | None = field(init=False, default=None)
+    _started: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.engine = make_engine(self.settings.database_url(self.service))
+        self.sessionmaker = make_sessionmaker(self.engine)
+        self.broker = Broker(self.settings.amqp_url, name=f"uanet-{self.service}")
+        self.relay = OutboxRelay(self.sessionmaker, self.outbox_model, self.broker)
+
+    async def start(self, subscriptions: Sequence[Subscription]) -> None:
+        self._starter = asyncio.create_task(self._connect_and_consume(subscriptions))
+
+    async def wait_started(self, timeout: float = 30.0) -> None:
+        await asyncio.wait_for(self._started.wait(), timeout)
+
+    async def _connect_and_consume(self, subscriptions: Sequence[Subscription]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self.broker.connect()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep trying; /readyz reports it
+                log.warning("broker not reachable (%s); retrying in %.1fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        for sub in subscriptions:
+            await self.broker.consume(sub.queue, sub.handler, sub.models, prefetch=sub.prefetch)
+        self.relay.start()
+        self._started.set()
+        log.info("%s connected and consuming", self.service)
+
+    async def ready(self) -> dict[str, bool]:
+        return {"database": await ping(self.engine), "broker": self.broker.connected}
+
+    async def stop(self) -> None:
+        if self._starter is not None:
+            self._starter.cancel()
+            try:
+                await self._starter
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        await self.relay.stop()
+        await self.broker.close()
+        await self.engine.dispose()

@@ -1,0 +1,119 @@
+"""Every setting of contract §2, read once from the environment (prefix ``UANET_``).
+
+Nothing else in the project reads ``os.environ`` for configuration.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICES = ("publisher", "subscriptions", "dispatcher")
+
+
+class SettingsError(Exception):
+    """A missing or malformed setting; ``str()`` is one line naming the variable."""
+
+
+def _check_url(value: str, schemes: tuple[str, ...], name: str) -> str:
+    if not value.startswith(schemes):
+        raise ValueError(f"must start with one of {', '.join(schemes)}")
+    return value.rstrip("/") if name.endswith("public_url") or name.endswith("api_base") else value
+
+
+Rate = Annotated[Decimal, Field(ge=0)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UANET_", extra="ignore", frozen=True)
+
+    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    publisher_database_url: str = "sqlite+aiosqlite:///var/publisher.db"
+    subscriptions_database_url: str = "sqlite+aiosqlite:///var/subscriptions.db"
+    dispatcher_database_url: str = "sqlite+aiosqlite:///var/dispatcher.db"
+    publisher_port: int = Field(8001, ge=1, le=65535)
+    subscriptions_port: int = Field(8002, ge=1, le=65535)
+    dispatcher_port: int = Field(8003, ge=1, le=65535)
+    public_url: str = "http://localhost:8002"
+    secret_key: SecretStr | None = None
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(1025, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    mail_from: str = "Urgent Action Network <alerts@localhost>"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from: str | None = None
+    twilio_api_base: str = "https://api.twilio.com"
+    dispatcher_public_url: str = "http://localhost:8003"
+    # Messages a second per channel and dispatcher process; 0 means no limit. SMS counts segments.
+    email_rate: Rate = Decimal("200")
+    sms_rate: Rate = Decimal("1")
+    trusted_proxies: str = "127.0.0.1"
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp(cls, v: str) -> str:
+        return _check_url(v, ("amqp://", "amqps://"), "amqp_url")
+
+    @field_validator(
+        "publisher_database_url", "subscriptions_database_url", "dispatcher_database_url"
+    )
+    @classmethod
+    def _database(cls, v: str) -> str:
+        return _check_url(v, ("sqlite+aiosqlite://", "postgresql+asyncpg://"), "database_url")
+
+    @field_validator("public_url", "dispatcher_public_url", "twilio_api_base")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        return _check_url(v, ("http://", "https://"), "public_url")
+
+    @field_validator("twilio_from")
+    @classmethod
+    def _twilio_from(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if v.startswith("MG") or (v.startswith("+") and v[1:].isdigit()):
+            return v
+        raise ValueError("must be an E.164 number (+…) or a Messaging Service SID (MG…)")
+
+    @property
+    def twilio_enabled(self) -> bool:
+        return bool(self.twilio_account_sid and self.twilio_auth_token)
+
+    @property
+    def trusted_proxy_set(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in self.trusted_proxies.split(",") if p.strip())
+
+    def database_url(self, service: str) -> str:
+        url: str = getattr(self, f"{service}_database_url")
+        return url
+
+    def port(self, service: str) -> int:
+        port: int = getattr(self, f"{service}_port")
+        return port
+
+    def require_secret(self) -> str:
+        if self.secret_key is None or not self.secret_key.get_secret_value():
+            raise SettingsError("UANET_SECRET_KEY: must be set (signs subscriber links)")
+        return self.secret_key.get_secret_value()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate; a bad value becomes one line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = "UANET_" + str(err["loc"][0]).upper() if err["loc"] else "UANET_?"
+        raise SettingsError(f"{name}: {err['msg']}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

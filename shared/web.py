@@ -1,0 +1,68 @@
+"""What every service's HTTP side has: health, readiness, metrics, and errors that are never a 500
+for bad input."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger(__name__)
+
+ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
+
+
+def field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
+    """Pydantic's errors as ``{"field": "email", "message": "..."}``, no input echoed back."""
+    out: list[dict[str, str]] = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "form")]
+        out.append({"field": ".".join(loc) or "body", "message": str(err.get("msg", "invalid"))})
+    return out
+
+
+def install_common(app: FastAPI, ready: ReadyCheck) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        checks = await ready()
+        status = 200 if all(checks.values()) else 503
+        return JSONResponse({"ready": status == 200, "checks": checks}, status_code=status)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = field_errors(exc)
+        fields = ", ".join(sorted({e["field"] for e in errors}))
+        return JSONResponse(
+            {"detail": f"invalid: {fields}", "errors": errors}, status_code=422
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Logged without the request body: it may hold personal data.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+def client_address(request: Request, trusted_proxies: frozenset[str]) -> str:
+    """The client's address, believing ``X-Forwarded-For`` only from a trusted proxy."""
+    peer = request.client.host if request.client else ""
+    if peer in trusted_proxies:
+        forwarded = request.headers.get("x-forwarded-for", "")
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        # Walk back from the nearest hop, skipping our own proxies.
+        for hop in reversed(hops):
+            if hop not in trusted_proxies:
+                return hop
+    return peer
