@@ -15,8 +15,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 up: $(STAMP)
-	$(BIN)/uanet migrate
-	$(BIN)/uanet up
+	$(BIN)/uanet up  # migrates, then runs everything
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

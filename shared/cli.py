@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import sys
-from enum import Enum
-from typing import Annotated, Any, NoReturn
+from collections.abc import Coroutine
+from enum import StrEnum
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from aiormq.exceptions import AMQPError
 
 from shared.settings import SERVICES, Settings, SettingsError, load_settings
 
@@ -19,13 +21,13 @@ app.add_typer(token_app, name="token")
 app.add_typer(dead_app, name="dead-letters")
 
 
-class ServiceName(str, Enum):
+class ServiceName(StrEnum):
     publisher = "publisher"
     subscriptions = "subscriptions"
     dispatcher = "dispatcher"
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     admin = "admin"
     staff = "staff"
     coordinator = "coordinator"
@@ -116,6 +118,17 @@ def token_create(
     typer.echo(token)
 
 
+T = TypeVar("T")
+
+
+def run_against_broker(work: Coroutine[Any, Any, T]) -> T:
+    """Run a broker operation; an unreachable broker is one line and exit 2, not a traceback."""
+    try:
+        return asyncio.run(work)
+    except (TimeoutError, OSError, AMQPError) as exc:
+        fail(f"RabbitMQ at UANET_AMQP_URL is not reachable ({type(exc).__name__})")
+
+
 @dead_app.command("list")
 def dead_letters_list(
     limit: Annotated[int, typer.Option(min=1, help="at most this many")] = 100,
@@ -124,7 +137,7 @@ def dead_letters_list(
     from shared.messaging import list_dead_letters
 
     settings = settings_or_exit()
-    letters = asyncio.run(list_dead_letters(settings.amqp_url, limit))
+    letters = run_against_broker(list_dead_letters(settings.amqp_url, limit))
     if not letters:
         typer.echo("no dead letters")
         return
@@ -146,7 +159,7 @@ def dead_letters_replay(
     from shared.messaging import replay_dead_letters
 
     settings = settings_or_exit()
-    count = asyncio.run(replay_dead_letters(settings.amqp_url, message_id))
+    count = run_against_broker(replay_dead_letters(settings.amqp_url, message_id))
     typer.echo(f"replayed {count} message(s)")
 
 

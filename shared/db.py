@@ -12,13 +12,18 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, Index, String, Text, event, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -54,7 +59,10 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+        # hide_parameters: an error message must never carry an address or number into a log.
+        engine = create_async_engine(
+            url, connect_args={"timeout": 30}, hide_parameters=True, **kwargs
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -65,9 +73,20 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
+            # Let SQLAlchemy, not the driver, begin transactions (see _begin_immediate).
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin_immediate(conn: Any) -> None:
+            # A deferred transaction that reads, then writes, fails at once (SQLITE_BUSY) when
+            # another connection wrote in between, and the busy timeout cannot help. Taking the
+            # write lock up front makes writers queue behind the busy timeout instead.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)
+    return create_async_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True, **kwargs
+    )
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -123,13 +142,28 @@ class ProcessedMessageMixin:
     processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+_last_outbox_stamp = datetime.min.replace(tzinfo=UTC)
+
+
+def _outbox_stamp() -> datetime:
+    """``utcnow()``, but strictly increasing within the process: rows written in one loop can
+    share a microsecond, and the relay publishes in ``created_at`` order."""
+    global _last_outbox_stamp
+    now = utcnow()
+    if now <= _last_outbox_stamp:
+        now = _last_outbox_stamp + timedelta(microseconds=1)
+    _last_outbox_stamp = now
+    return now
+
+
 def outbox_row(model: type[OutboxMixin], message: events.Message) -> OutboxMixin:
-    return model(
+    row: OutboxMixin = model(  # type: ignore[call-arg]  # a mapped subclass takes these
         id=str(message.message_id),
         routing_key=message.ROUTING_KEY,
         body=message.model_dump_json(),
-        created_at=utcnow(),
+        created_at=_outbox_stamp(),
     )
+    return row
 
 
 async def already_processed(
@@ -139,7 +173,7 @@ async def already_processed(
     key = str(message_id)
     if await session.get(model, key) is not None:
         return True
-    session.add(model(message_id=key, processed_at=utcnow()))
+    session.add(model(message_id=key, processed_at=utcnow()))  # type: ignore[call-arg]
     return False
 
 
@@ -171,6 +205,8 @@ class OutboxRelay:
         self._wake.set()
 
     def start(self) -> None:
+        if self._task is not None and not self._task.done():
+            return  # already running: one relay loop per relay
         self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self.model.__name__}")
 
     async def stop(self) -> None:
@@ -180,6 +216,7 @@ class OutboxRelay:
                 await self._task
             except asyncio.CancelledError:
                 pass
+            self._task = None
 
     async def _run(self) -> None:
         while True:
@@ -205,7 +242,7 @@ class OutboxRelay:
             query = (
                 select(model)
                 .where(model.published_at.is_(None))
-                .order_by(model.created_at)
+                .order_by(model.created_at, model.id)
                 .limit(self.batch_size)
             )
             if session.bind is not None and session.bind.dialect.name == "postgresql":

@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Channel = Literal["email", "sms"]
 Urgency = Literal["urgent", "standard"]
-Outcome = Literal["released", "charges_dropped", "sentence_commuted", "improved", "no_change", "other"]
+Outcome = Literal[
+    "released", "charges_dropped", "sentence_commuted", "improved", "no_change", "other"
+]
 ResponseKind = Literal["letter", "email", "call", "sms_reply", "other"]
 UpdateKind = Literal["further_information", "outcome"]
 # What a delivery is: the first alert, a follow-up (by update id) or the closing outcome.

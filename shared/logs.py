@@ -27,7 +27,10 @@ class JsonFormatter(logging.Formatter):
 
 
 def mask_address(address: str) -> str:
-    """For the rare log line that must hint at a recipient: ``a***@example.net``, ``+44******56``."""
+    """For the rare log line that must hint at a recipient.
+
+    ``a***@example.net``, ``+44******56``.
+    """
     if "@" in address:
         local, _, domain = address.partition("@")
         return f"{local[:1]}***@{domain}"

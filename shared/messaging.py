@@ -12,6 +12,7 @@ Rules it enforces (see DESIGN.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,8 +26,8 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractRobustConnection,
 )
-from pydantic import ValidationError
 from prometheus_client import Counter
+from pydantic import ValidationError
 
 from shared import events
 
@@ -91,7 +92,9 @@ QUEUES: tuple[QueueSpec, ...] = (
     ),
     # A batch may arrive before the dispatcher has heard of its action: short first delays.
     QueueSpec("dispatcher.batches", (events.DeliveryBatch.ROUTING_KEY,), (1, 5, 30, 120, 600)),
-    QueueSpec("dispatcher.messages", (events.TransactionalMessage.ROUTING_KEY,), (1, 5, 30, 120, 600)),
+    QueueSpec(
+        "dispatcher.messages", (events.TransactionalMessage.ROUTING_KEY,), (1, 5, 30, 120, 600)
+    ),
 )
 QUEUES_BY_NAME = {q.name: q for q in QUEUES}
 
@@ -100,8 +103,31 @@ def queue_spec(name: str) -> QueueSpec:
     return QUEUES_BY_NAME[name]
 
 
-async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
-    """Declare every exchange, queue and binding (idempotent); return the events exchange."""
+def work_queue_arguments() -> dict[str, Any]:
+    """The arguments of every work queue (a redeclaration must repeat them exactly)."""
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+    }
+
+
+def delay_queue_arguments(spec: QueueSpec, delay: int) -> dict[str, Any]:
+    """A delay queue: queue-wide TTL, then dead-lettered back to its work queue."""
+    return {
+        "x-message-ttl": delay * 1000,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": spec.name,
+    }
+
+
+async def declare_topology(
+    channel: AbstractChannel, queues: Sequence[QueueSpec] = QUEUES
+) -> AbstractExchange:
+    """Declare every exchange, queue and binding (idempotent); return the events exchange.
+
+    ``queues`` defaults to the project's topology; tests pass their own specs (short delays).
+    """
     exchange = await channel.declare_exchange(
         EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
     )
@@ -112,28 +138,16 @@ async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
         DEAD_LETTER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
     )
     await dead.bind(dlx)
-    for spec in QUEUES:
+    for spec in queues:
         queue = await channel.declare_queue(
-            spec.name,
-            durable=True,
-            arguments={
-                "x-queue-type": "quorum",
-                "x-delivery-limit": DELIVERY_LIMIT,
-                "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
-            },
+            spec.name, durable=True, arguments=work_queue_arguments()
         )
         for key in spec.bindings:
             await queue.bind(exchange, routing_key=key)
-        for delay in spec.retry_delays:
+        for delay in sorted(set(spec.retry_delays)):
             # Queue-wide TTL: every message in it waits the same, so none blocks another.
             await channel.declare_queue(
-                spec.delay_queue(delay),
-                durable=True,
-                arguments={
-                    "x-message-ttl": delay * 1000,
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": spec.name,
-                },
+                spec.delay_queue(delay), durable=True, arguments=delay_queue_arguments(spec, delay)
             )
     return exchange
 
@@ -169,6 +183,26 @@ M = TypeVar("M", bound=events.Message)
 Handler = Callable[[Any, Delivery], Awaitable[None]]
 
 
+def _header_int(value: object) -> int:
+    """An integer header (the attempt count); anything unreadable counts as 0."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int | float | str | bytes):
+        try:
+            return max(int(value), 0)
+        except ValueError:
+            return 0
+    return 0
+
+
+def _header_str(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
 def _model_for(routing_key: str, models: Sequence[type[events.Message]]) -> type[events.Message]:
     for model in models:
         if model.ROUTING_KEY == routing_key:
@@ -179,29 +213,45 @@ def _model_for(routing_key: str, models: Sequence[type[events.Message]]) -> type
 class Broker:
     """One robust connection per process: a confirming channel to publish, one per consumer."""
 
-    def __init__(self, url: str, *, name: str = "uanet") -> None:
+    def __init__(
+        self, url: str, *, name: str = "uanet", queues: Sequence[QueueSpec] | None = None
+    ) -> None:
         self.url = url
         self.name = name
+        # The topology this broker declares and consumes (the project's own unless a test says).
+        self.queues: tuple[QueueSpec, ...] = QUEUES if queues is None else tuple(queues)
+        self._specs = {q.name: q for q in self.queues}
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._publish_lock = asyncio.Lock()
 
     async def connect(self) -> None:
-        self._connection = await aio_pika.connect_robust(
+        connection = await aio_pika.connect_robust(
             self.url, client_properties={"connection_name": self.name}
         )
-        self._channel = await self._connection.channel(publisher_confirms=True)
-        self._exchange = await declare_topology(self._channel)
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await declare_topology(channel, self.queues)
+        except BaseException:
+            # Connected but the topology failed (or we were cancelled): do not leak a connection
+            # that keeps reconnecting by itself when the caller tries again.
+            await connection.close()
+            raise
+        self._connection, self._channel, self._exchange = connection, channel, exchange
 
     async def close(self) -> None:
         if self._connection is not None:
-            await self._connection.close()
-            self._connection = None
+            connection, self._connection = self._connection, None
+            self._channel = None
+            self._exchange = None
+            await connection.close()
 
     @property
     def connected(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed
+        """True while the link to the broker is up (False while the connection reconnects)."""
+        connection = self._connection
+        return connection is not None and not connection.is_closed and connection.connected.is_set()
 
     @property
     def channel(self) -> AbstractChannel:
@@ -252,7 +302,9 @@ class Broker:
             {
                 H_REASON: reason[:500],
                 H_QUEUE: queue,
-                H_ROUTING_KEY: message.routing_key or "",
+                # A message that came back from a delay queue (or a replay) arrived through the
+                # default exchange: its original routing key is the header, not message.routing_key.
+                H_ROUTING_KEY: str(headers.get(H_ROUTING_KEY) or message.routing_key or ""),
                 H_FAILED_AT: datetime.now(UTC).isoformat(),
             }
         )
@@ -275,10 +327,15 @@ class Broker:
         """Start consuming ``queue_name``; each body is parsed as the model of its routing key."""
         if self._connection is None:
             raise RuntimeError("broker not connected")
-        spec = queue_spec(queue_name)
+        spec = self._specs.get(queue_name) or queue_spec(queue_name)
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        queue = await channel.get_queue(queue_name, ensure=False)
+        # Declared (same arguments as the topology), not get_queue(ensure=False): only a queue
+        # declared on the robust channel is remembered by it, and only then is its consumer
+        # restored after a reconnection.
+        queue = await channel.declare_queue(
+            queue_name, durable=True, arguments=work_queue_arguments()
+        )
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             await self._handle(spec, message, handler, models)
@@ -293,35 +350,47 @@ class Broker:
         models: Sequence[type[events.Message]],
     ) -> None:
         headers = dict(message.headers or {})
-        attempt = int(headers.get(H_ATTEMPT, 0) or 0)  # type: ignore[call-overload]
+        attempt = _header_int(headers.get(H_ATTEMPT))
         # A retried message comes back through the default exchange, so the original routing key
         # travels in a header.
         routing_key = str(headers.get(H_ROUTING_KEY) or message.routing_key or "")
         delivery = Delivery(spec.name, routing_key, attempt, headers)
         try:
             try:
-                model = _model_for(routing_key, models)
-                payload = model.model_validate_json(message.body)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"]) or "body"
-                raise Reject(f"malformed {routing_key}: {where}: {first['msg']}") from None
-            await handler(payload, delivery)
-        except Reject as exc:
-            await self._settle_dead(spec, message, exc.reason)
-            return
-        except Retry as exc:
-            await self._settle_retry(spec, message, routing_key, attempt, exc.reason, exc.delay)
-            return
+                try:
+                    model = _model_for(routing_key, models)
+                    payload = model.model_validate_json(message.body)
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    where = ".".join(str(p) for p in first["loc"]) or "body"
+                    raise Reject(f"malformed {routing_key}: {where}: {first['msg']}") from None
+                await handler(payload, delivery)
+            except Reject as exc:
+                await self._settle_dead(spec, message, exc.reason)
+                return
+            except Retry as exc:
+                await self._settle_retry(spec, message, routing_key, attempt, exc.reason, exc.delay)
+                return
+            except asyncio.CancelledError:
+                # Shutting down mid-message: leave it unacked so the broker redelivers it.
+                raise
+            except Exception as exc:  # noqa: BLE001 - a handler bug must not become a crash loop
+                log.exception("handler failed", extra={"queue": spec.name})
+                reason = f"{type(exc).__name__} in handler"
+                await self._settle_retry(spec, message, routing_key, attempt, reason, None)
+                return
+            await message.ack()
         except asyncio.CancelledError:
-            # Shutting down mid-message: leave it unacked so the broker redelivers it.
             raise
-        except Exception as exc:  # noqa: BLE001 - any handler bug must not become a crash loop
-            log.exception("handler failed", extra={"queue": spec.name})
-            reason = f"{type(exc).__name__} in handler"
-            await self._settle_retry(spec, message, routing_key, attempt, reason, None)
+        except Exception:  # noqa: BLE001 - the broker away while settling: let it redeliver
+            # Publishing to the delay/dead-letter queue (or the ack) failed. Give the message back
+            # rather than holding it unacked on a live channel; the quorum queue's delivery limit
+            # dead-letters it if this keeps happening. On a lost channel the broker requeues it.
+            log.warning("could not settle a message; requeued", extra={"queue": spec.name})
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            MESSAGES_CONSUMED.labels(spec.name, "requeued").inc()
             return
-        await message.ack()
         MESSAGES_CONSUMED.labels(spec.name, "ok").inc()
 
     async def _settle_dead(
@@ -374,11 +443,13 @@ def _describe(message: AbstractIncomingMessage) -> DeadLetter:
     reason = str(headers.get(H_REASON) or "")
     deaths = headers.get("x-death")
     if not queue and isinstance(deaths, list) and deaths:
-        # Dead-lettered by the broker itself (delivery limit): x-death names the queue.
+        # Dead-lettered by the broker itself (delivery limit): x-death names the queue. A reason
+        # header here is only that of an earlier retry, so it comes second.
         first = deaths[0]
         if isinstance(first, dict):
-            queue = str(first.get("queue", ""))
-            reason = reason or f"broker: {first.get('reason', '')}"
+            queue = _header_str(first.get("queue"))
+            broker_reason = f"broker: {_header_str(first.get('reason'))}"
+            reason = f"{broker_reason} (last retry: {reason})" if reason else broker_reason
     return DeadLetter(
         message_id=message.message_id or "",
         queue=queue,
@@ -389,12 +460,14 @@ def _describe(message: AbstractIncomingMessage) -> DeadLetter:
     )
 
 
-async def list_dead_letters(url: str, limit: int = 1000) -> list[DeadLetter]:
+async def list_dead_letters(
+    url: str, limit: int = 1000, *, queues: Sequence[QueueSpec] | None = None
+) -> list[DeadLetter]:
     """Read the dead-letter queue without removing anything."""
     connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel()
-        await declare_topology(channel)
+        await declare_topology(channel, QUEUES if queues is None else queues)
         queue = await channel.get_queue(DEAD_LETTER_QUEUE)
         found: list[DeadLetter] = []
         held: list[AbstractIncomingMessage] = []
@@ -411,31 +484,62 @@ async def list_dead_letters(url: str, limit: int = 1000) -> list[DeadLetter]:
         await connection.close()
 
 
-async def replay_dead_letters(url: str, message_id: str | None = None) -> int:
-    """Send dead letters back to the queue they came from (all, or one by message id)."""
-    broker = Broker(url, name="uanet-cli")
+# Headers a replayed message must not carry back: its failure record and the broker's.
+_FAILURE_HEADERS = frozenset(
+    {
+        H_ATTEMPT,
+        H_REASON,
+        H_QUEUE,
+        H_FAILED_AT,
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        "x-delivery-count",
+    }
+)
+
+
+async def replay_dead_letters(
+    url: str, message_id: str | None = None, *, queues: Sequence[QueueSpec] | None = None
+) -> int:
+    """Send dead letters back to the queue they came from (all, or one by message id).
+
+    Only to a queue of the topology (``queues``, the project's by default): a publish to a queue
+    that does not exist would be dropped, so such a letter stays where it is.
+    """
+    broker = Broker(url, name="uanet-cli", queues=queues)
     await broker.connect()
+    known = {spec.name for spec in broker.queues}
     replayed = 0
     try:
-        channel = await broker._connection.channel()  # type: ignore[union-attr]
-        queue = await channel.get_queue(DEAD_LETTER_QUEUE)
+        channel = broker.channel
+        queue = await channel.declare_queue(DEAD_LETTER_QUEUE, passive=True)
+        # Only what is there now: a replayed message that fails again comes back to this queue
+        # while we read it, and must not be replayed a second time in the same run.
+        waiting = queue.declaration_result.message_count or 0
         kept: list[AbstractIncomingMessage] = []
-        while True:
+        for _ in range(waiting):
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
                 break
             letter = _describe(message)
-            if (message_id and letter.message_id != message_id) or letter.queue not in QUEUES_BY_NAME:
+            if (message_id and letter.message_id != message_id) or letter.queue not in known:
                 kept.append(message)
                 continue
             headers = {
-                k: v
-                for k, v in dict(message.headers or {}).items()
-                if k not in (H_ATTEMPT, H_REASON, H_QUEUE, H_FAILED_AT, "x-death")
+                k: v for k, v in dict(message.headers or {}).items() if k not in _FAILURE_HEADERS
             }
             headers[H_ROUTING_KEY] = letter.routing_key
             await broker.publish(
-                letter.queue, message.body, message_id=letter.message_id, headers=headers, exchange=""
+                letter.queue,
+                message.body,
+                message_id=letter.message_id,
+                headers=headers,
+                exchange="",
             )
             await message.ack()
             replayed += 1

@@ -1,8 +1,8 @@
 """The life of one service process: database, broker, outbox relay and consumers.
 
 Opened in FastAPI's ``lifespan`` and closed in its ``finally``; nothing connects at import time.
-If the broker is not there yet, the service still answers HTTP (``/readyz`` says not ready) and keeps
-trying; aio-pika's robust connection then reconnects by itself after any later loss.
+If the broker is not there yet, the service still answers HTTP (``/readyz`` says not ready) and
+keeps trying; aio-pika's robust connection then reconnects by itself after any later loss.
 """
 
 from __future__ import annotations
@@ -50,6 +50,12 @@ class ServiceRuntime:
 
     async def start(self, subscriptions: Sequence[Subscription]) -> None:
         self._starter = asyncio.create_task(self._connect_and_consume(subscriptions))
+        self._starter.add_done_callback(self._starter_done)
+
+    def _starter_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # Otherwise silent: the service would answer HTTP but never consume.
+            log.error("%s could not start consuming", self.service, exc_info=task.exception())
 
     async def wait_started(self, timeout: float = 30.0) -> None:
         await asyncio.wait_for(self._started.wait(), timeout)
@@ -63,7 +69,9 @@ class ServiceRuntime:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep trying; /readyz reports it
-                log.warning("broker not reachable (%s); retrying in %.1fs", type(exc).__name__, delay)
+                log.warning(
+                    "broker not reachable (%s); retrying in %.1fs", type(exc).__name__, delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         for sub in subscriptions:
@@ -73,7 +81,9 @@ class ServiceRuntime:
         log.info("%s connected and consuming", self.service)
 
     async def ready(self) -> dict[str, bool]:
-        return {"database": await ping(self.engine), "broker": self.broker.connected}
+        # Ready on the broker side once connected *and* consuming (not merely connected).
+        broker = self.broker.connected and self._started.is_set()
+        return {"database": await ping(self.engine), "broker": broker}
 
     async def stop(self) -> None:
         if self._starter is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous import BadData, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 
 Purpose = Literal["confirm", "unsubscribe", "preferences", "act"]
 
@@ -40,5 +40,7 @@ class LinkSigner:
             return self._plain(purpose).loads(token)
         except SignatureExpired as exc:
             raise InvalidToken("expired") from exc
-        except (BadSignature, UnicodeDecodeError, ValueError) as exc:
+        except (BadData, UnicodeError, ValueError, TypeError) as exc:
+            # BadData covers BadSignature and BadPayload (a valid signature over a payload that
+            # does not decode).
             raise InvalidToken("invalid") from exc

@@ -3,6 +3,8 @@ for bad input."""
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -44,9 +46,7 @@ def install_common(app: FastAPI, ready: ReadyCheck) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         errors = field_errors(exc)
         fields = ", ".join(sorted({e["field"] for e in errors}))
-        return JSONResponse(
-            {"detail": f"invalid: {fields}", "errors": errors}, status_code=422
-        )
+        return JSONResponse({"detail": f"invalid: {fields}", "errors": errors}, status_code=422)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
@@ -55,14 +55,42 @@ def install_common(app: FastAPI, ready: ReadyCheck) -> None:
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
+def _in(address: str, trusted: frozenset[str]) -> bool:
+    """Whether ``address`` is one of ``trusted``: exact addresses or networks (``172.18.0.0/16``),
+    IPv6 compared by value (``::1`` is ``0:0::1``)."""
+    if address in trusted:
+        return True
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in _networks(trusted))
+
+
+@functools.lru_cache(maxsize=16)
+def _networks(trusted: frozenset[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for entry in trusted:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            continue
+    return tuple(networks)
+
+
 def client_address(request: Request, trusted_proxies: frozenset[str]) -> str:
-    """The client's address, believing ``X-Forwarded-For`` only from a trusted proxy."""
+    """The client's address, believing ``X-Forwarded-For`` only from a trusted proxy.
+
+    ``trusted_proxies`` holds addresses or networks. Behind trusted proxies the answer is the
+    nearest hop that is not one of them (each proxy appends the peer it saw, so hops further left
+    are whatever the client claimed).
+    """
     peer = request.client.host if request.client else ""
-    if peer in trusted_proxies:
-        forwarded = request.headers.get("x-forwarded-for", "")
+    if peer and _in(peer, trusted_proxies):
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
         hops = [h.strip() for h in forwarded.split(",") if h.strip()]
         # Walk back from the nearest hop, skipping our own proxies.
         for hop in reversed(hops):
-            if hop not in trusted_proxies:
+            if not _in(hop, trusted_proxies):
                 return hop
     return peer

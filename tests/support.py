@@ -1,4 +1,4 @@
-"""Real peers for tests: an SMTP server on loopback that keeps what it receives, free ports, waiting."""
+"""Real peers for tests: an SMTP server on loopback that keeps what it gets; ports; waiting."""
 
 from __future__ import annotations
 

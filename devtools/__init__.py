@@ -1,0 +1,1 @@
+"""Development tools: mail catcher, SMS outbox (a Twilio-compatible endpoint), `uanet up`."""

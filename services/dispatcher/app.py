@@ -1,0 +1,121 @@
+"""The dispatcher's entrypoints: its consumers and its one webhook. They only translate."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
+
+from services.dispatcher.handlers import Dispatcher
+from services.dispatcher.models import Outbox
+from services.dispatcher.rendering import Renderer
+from services.dispatcher.senders import EmailSender, SmsSender, SmtpEmailSender, TwilioSmsSender
+from services.dispatcher.throttle import RateLimiter
+from shared.events import (
+    ActionClosed,
+    ActionPublished,
+    ActionUpdated,
+    DeliveryBatch,
+    SubscriberErased,
+    TransactionalMessage,
+)
+from shared.runtime import ServiceRuntime, Subscription
+from shared.settings import Settings
+from shared.twilio_signature import twilio_signature_valid
+from shared.web import install_common
+
+log = logging.getLogger(__name__)
+
+STATUS_WEBHOOK_PATH = "/webhooks/twilio/status"
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    dispatcher: Dispatcher = request.app.state.dispatcher
+    return dispatcher
+
+
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+
+
+def subscriptions(dispatcher: Dispatcher) -> list[Subscription]:
+    return [
+        Subscription(
+            "dispatcher.actions",
+            dispatcher.handle_action_event,
+            (ActionPublished, ActionUpdated, ActionClosed, SubscriberErased),
+        ),
+        # A batch keeps the senders busy for a while: a few at a time is enough.
+        Subscription("dispatcher.batches", dispatcher.handle_batch, (DeliveryBatch,), prefetch=4),
+        Subscription(
+            "dispatcher.messages", dispatcher.handle_transactional, (TransactionalMessage,)
+        ),
+    ]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    email_sender: EmailSender | None = None,
+    sms_sender: SmsSender | None = None,
+) -> FastAPI:
+    """The dispatcher service; tests may hand in fake senders, production uses SMTP and Twilio."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = ServiceRuntime("dispatcher", settings, Outbox)
+        email = email_sender or SmtpEmailSender(settings)
+        sms = sms_sender or TwilioSmsSender(settings)
+        dispatcher = Dispatcher(
+            sessionmaker=runtime.sessionmaker,
+            email=email,
+            sms=sms,
+            renderer=Renderer(mail_from=settings.mail_from),
+            email_rate=RateLimiter(settings.email_rate),
+            sms_rate=RateLimiter(settings.sms_rate),
+            notify=runtime.relay.notify,
+        )
+        app.state.runtime = runtime
+        app.state.dispatcher = dispatcher
+        try:
+            await runtime.start(subscriptions(dispatcher))
+            yield
+        finally:
+            await runtime.stop()
+            await email.close()
+            await sms.close()
+
+    app = FastAPI(title="uanet dispatcher", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    async def ready() -> dict[str, bool]:
+        runtime: ServiceRuntime = app.state.runtime
+        return await runtime.ready()
+
+    install_common(app, ready)
+
+    @app.post(STATUS_WEBHOOK_PATH, include_in_schema=False)
+    async def twilio_status(request: Request, dispatcher: DispatcherDep) -> Response:
+        token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else ""
+        try:
+            form = await request.form()
+        except Exception:  # noqa: BLE001 - an unreadable body is a bad request, not a 500
+            return PlainTextResponse("bad request", status_code=400)
+        # Without a token nothing can prove the callback came from Twilio: refuse it.
+        if not token or not twilio_signature_valid(
+            auth_token=token,
+            url=f"{settings.dispatcher_public_url}{STATUS_WEBHOOK_PATH}",
+            form=form,
+            signature=request.headers.get("x-twilio-signature"),
+        ):
+            return PlainTextResponse("forbidden", status_code=403)
+        sid = str(form.get("MessageSid") or "")
+        status = str(form.get("MessageStatus") or "")
+        error_code = str(form.get("ErrorCode") or "") or None
+        await dispatcher.record_receipt(sid, status, error_code)
+        # Unknown sids and intermediate statuses are acknowledged too: Twilio need not resend.
+        return PlainTextResponse("", status_code=200)
+
+    return app

@@ -1,0 +1,578 @@
+"""What the dispatcher does with each message it consumes, and with each delivery receipt.
+
+Handlers take a message and the adapters (``Dispatcher`` holds them); they never talk AMQP or HTTP
+themselves. A temporary problem raises ``Retry`` (the message comes back through a delay queue), a
+message that can never be handled raises ``Reject``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.dispatcher import ledger, metrics
+from services.dispatcher.models import (
+    ACTION_CLOSED,
+    ACTION_OPEN,
+    DELIVERED,
+    FAILED,
+    FINAL_STATES,
+    RETRY,
+    SENDING,
+    SENT,
+    ActionMessage,
+    Delivery,
+    DispatchAction,
+    Outbox,
+    ProcessedMessage,
+    TransactionalDelivery,
+)
+from services.dispatcher.rendering import (
+    FollowUpText,
+    InvalidAddress,
+    PreparedEmail,
+    RecipientFill,
+    Renderer,
+    UrgentActionText,
+    clean_text,
+    header_safe,
+    pick_language,
+)
+from services.dispatcher.segments import segment_count
+from services.dispatcher.senders import EmailSender, SendResult, SmsSender
+from services.dispatcher.throttle import RateLimiter
+from shared.db import already_processed, outbox_row, utcnow
+from shared.events import (
+    ActionClosed,
+    ActionContent,
+    ActionPublished,
+    ActionUpdated,
+    Channel,
+    DeliveriesReported,
+    DeliveryBatch,
+    DeliveryStatusChanged,
+    Message,
+    Recipient,
+    RecipientSuppressed,
+    SubscriberErased,
+    Target,
+    TransactionalMessage,
+    UpdateContent,
+)
+from shared.messaging import Delivery as AmqpDelivery
+from shared.messaging import Reject, Retry
+
+log = logging.getLogger(__name__)
+
+MESSAGE_KIND = re.compile(r"^(alert|closed|update:[0-9a-fA-F-]{36})$")
+# Twilio's final statuses and what they mean for the ledger.
+RECEIPT_STATUS = {"delivered": DELIVERED, "undelivered": FAILED, "failed": FAILED}
+# Which channel each transactional template goes by.
+TEMPLATE_CHANNEL: dict[str, Channel] = {
+    "confirm_email": "email",
+    "confirm_sms": "sms",
+    "sms_reply": "sms",
+}
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    recipient: Recipient
+    result: SendResult
+    segments: int | None = None
+
+
+@dataclass
+class _BatchContext:
+    """One handling of one batch: what to render, and the messages rendered so far."""
+
+    action_id: str
+    message_kind: str
+    alert: UrgentActionText | None
+    follow_up: FollowUpText | None
+    claim: ledger.Claim
+    emails: dict[tuple[str, bool, bool], PreparedEmail] = field(default_factory=dict)
+
+
+@dataclass
+class Dispatcher:
+    sessionmaker: async_sessionmaker[AsyncSession]
+    email: EmailSender
+    sms: SmsSender
+    renderer: Renderer
+    email_rate: RateLimiter
+    sms_rate: RateLimiter
+    # Wakes the outbox relay after a commit.
+    notify: Callable[[], None] = lambda: None
+    concurrency: int = 8
+    # Results are committed every ``chunk_size`` recipients or ``flush_seconds``, whichever is
+    # first: a small crash window, and SMS ids recorded before their receipts come back.
+    chunk_size: int = 100
+    flush_seconds: float = 1.0
+
+    @property
+    def envelope_sender(self) -> str:
+        return parseaddr(self.renderer.mail_from)[1] or self.renderer.mail_from
+
+    # ---- dispatcher.actions -------------------------------------------------------------------
+
+    async def handle_action_event(self, message: Message, delivery: AmqpDelivery) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            if isinstance(message, ActionClosed):
+                # Checked before marking the message processed: a retry must find it unmarked.
+                if await session.get(DispatchAction, str(message.action_id)) is None:
+                    raise Retry("action not known yet")
+            if await already_processed(session, ProcessedMessage, message.message_id):
+                return
+            if isinstance(message, ActionPublished):
+                await self._action_published(session, message)
+            elif isinstance(message, ActionUpdated):
+                await self._action_updated(session, message)
+            elif isinstance(message, ActionClosed):
+                await self._action_closed(session, message)
+            elif isinstance(message, SubscriberErased):
+                await ledger.forget_subscriber(session, str(message.subscriber_id))
+            else:
+                raise Reject(f"unexpected message {type(message).__name__}")
+
+    async def _action_published(self, session: AsyncSession, event: ActionPublished) -> None:
+        if await session.get(DispatchAction, str(event.action_id)) is not None:
+            return
+        session.add(
+            DispatchAction(
+                id=str(event.action_id),
+                reference=event.reference,
+                title=event.title,
+                urgency=event.urgency,
+                channels=list(event.channels),
+                default_language=event.default_language,
+                content={lang: c.model_dump() for lang, c in event.content.items()},
+                targets=[t.model_dump() for t in event.targets],
+                deadline=event.deadline,
+                status=ACTION_OPEN,
+                published_at=event.published_at,
+            )
+        )
+
+    async def _action_updated(self, session: AsyncSession, event: ActionUpdated) -> None:
+        kind = f"update:{event.update_id}"
+        if await session.get(ActionMessage, (str(event.action_id), kind)) is not None:
+            return
+        session.add(
+            ActionMessage(
+                action_id=str(event.action_id),
+                message_kind=kind,
+                kind=event.kind,
+                outcome=event.outcome,
+                default_language=event.default_language,
+                content={lang: c.model_dump() for lang, c in event.content.items()},
+            )
+        )
+
+    async def _action_closed(self, session: AsyncSession, event: ActionClosed) -> None:
+        action = await session.get(DispatchAction, str(event.action_id))
+        assert action is not None  # checked by the caller
+        action.status = ACTION_CLOSED
+        action.closed_at = event.occurred_at
+        if await session.get(ActionMessage, (action.id, "closed")) is None:
+            session.add(
+                ActionMessage(
+                    action_id=action.id,
+                    message_kind="closed",
+                    kind="outcome",
+                    outcome=event.outcome,
+                    default_language=event.default_language,
+                    content={lang: c.model_dump() for lang, c in (event.content or {}).items()},
+                )
+            )
+        cancelled = await ledger.cancel_pending_for_action(session, action.id)
+        if cancelled:
+            log.info(
+                "cancelled pending deliveries", extra={"action_id": action.id, "count": cancelled}
+            )
+
+    # ---- dispatcher.batches -------------------------------------------------------------------
+
+    async def handle_batch(self, batch: DeliveryBatch, delivery: AmqpDelivery) -> None:
+        kind = batch.message_kind
+        if not MESSAGE_KIND.match(kind):
+            raise Reject(f"unknown message kind {kind[:40]!r}")
+        action_id = str(batch.action_id)
+        recipients = ledger.unique_recipients(batch.recipients)
+        if not recipients:
+            return
+        async with self.sessionmaker() as session, session.begin():
+            action = await session.get(DispatchAction, action_id)
+            if action is None:
+                raise Retry("action not known yet")
+            alert: UrgentActionText | None = None
+            follow_up: FollowUpText | None = None
+            if kind == "alert":
+                alert = _alert_text(action)
+            else:
+                message = await session.get(ActionMessage, (action_id, kind))
+                if message is None:
+                    raise Retry("follow-up not known yet")
+                follow_up = _follow_up_text(action, message)
+            nothing_to_say = follow_up is not None and not follow_up.content
+            if (action.status == ACTION_CLOSED and kind != "closed") or nothing_to_say:
+                cancelled = await ledger.cancel(
+                    session, action_id=action_id, message_kind=kind, recipients=recipients
+                )
+                for r in recipients:
+                    metrics.CANCELLED.labels(r.channel).inc()
+                log.info(
+                    "batch cancelled",
+                    extra={"action_id": action_id, "kind": kind, "pending_cancelled": cancelled},
+                )
+                return
+            claim = await ledger.claim(
+                session, action_id=action_id, message_kind=kind, recipients=recipients
+            )
+        # The claims are committed: from here a crash leaves rows ``sending`` (lease), never
+        # a second copy sent by a redelivered batch.
+        mine = [r for r in recipients if ledger.key_of(r) in claim.mine]
+        context = _BatchContext(action_id, kind, alert, follow_up, claim)
+        temporary = await self._send_all(context, mine)
+        if temporary or claim.busy:
+            raise Retry(f"{temporary} temporary failures, {claim.busy} held elsewhere")
+
+    async def _send_all(self, context: _BatchContext, recipients: Sequence[Recipient]) -> int:
+        """Send to every claimed recipient; record outcomes in chunks; count temporary failures."""
+        if not recipients:
+            return 0
+        results: asyncio.Queue[SendOutcome] = asyncio.Queue()
+        pending = iter(recipients)
+
+        async def worker() -> None:
+            for recipient in pending:
+                try:
+                    outcome = await self._send_one(context, recipient)
+                except Exception:  # noqa: BLE001 - one bad recipient must not stall the batch
+                    log.exception(
+                        "sending failed unexpectedly", extra={"action_id": context.action_id}
+                    )
+                    outcome = SendOutcome(recipient, SendResult.temporary("internal"))
+                await results.put(outcome)
+
+        workers = [
+            asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(recipients)))
+        ]
+        temporary = 0
+        received = 0
+        buffer: list[SendOutcome] = []
+        last_flush = time.monotonic()
+        try:
+            while received < len(recipients):
+                wait = max(0.01, self.flush_seconds - (time.monotonic() - last_flush))
+                try:
+                    buffer.append(await asyncio.wait_for(results.get(), timeout=wait))
+                    received += 1
+                except TimeoutError:
+                    pass
+                due = time.monotonic() - last_flush >= self.flush_seconds
+                if buffer and (
+                    len(buffer) >= self.chunk_size or due or received == len(recipients)
+                ):
+                    temporary += await self._record(context, buffer)
+                    buffer = []
+                    last_flush = time.monotonic()
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+        return temporary
+
+    async def _send_one(self, context: _BatchContext, recipient: Recipient) -> SendOutcome:
+        if recipient.channel == "email":
+            try:
+                message = self._email_for(context, recipient)
+            except InvalidAddress:
+                return SendOutcome(recipient, SendResult.failed("invalid_address"))
+            await self.email_rate.acquire(1)
+            result = await self.email.send(self.envelope_sender, recipient.address, message)
+            return SendOutcome(recipient, result)
+        if context.alert is not None:
+            body = self.renderer.alert_sms(context.alert, recipient.language, recipient.act_url)
+        else:
+            assert context.follow_up is not None
+            body = self.renderer.follow_up_sms(
+                context.follow_up, recipient.language, recipient.act_url
+            )
+        segments = segment_count(body)
+        await self.sms_rate.acquire(segments)
+        return SendOutcome(recipient, await self.sms.send(recipient.address, body), segments)
+
+    def _email_for(self, context: _BatchContext, recipient: Recipient) -> bytes:
+        text = context.alert or context.follow_up
+        assert text is not None
+        language = pick_language(recipient.language, text.content, text.default_language)
+        key = (language, recipient.act_url is not None, recipient.preferences_url is not None)
+        prepared = context.emails.get(key)
+        if prepared is None:
+            # Rendered once per language and link shape, then shared by the whole batch.
+            if context.alert is not None:
+                prepared = self.renderer.alert_email(
+                    context.alert, language, has_act=key[1], has_preferences=key[2]
+                )
+            else:
+                assert context.follow_up is not None
+                prepared = self.renderer.follow_up_email(
+                    context.follow_up, language, has_act=key[1], has_preferences=key[2]
+                )
+            context.emails[key] = prepared
+        fill = RecipientFill(
+            to=recipient.address,
+            greeting=self.renderer.greeting(language, recipient.name),
+            act_url=recipient.act_url,
+            unsubscribe_url=recipient.unsubscribe_url,
+            preferences_url=recipient.preferences_url,
+        )
+        return prepared.build(fill, now=utcnow())
+
+    async def _record(self, context: _BatchContext, outcomes: Sequence[SendOutcome]) -> int:
+        """Write one chunk's outcomes and their events in one transaction."""
+        now = utcnow()
+        updates: list[dict[str, Any]] = []
+        counts: dict[Channel, list[int]] = {}
+        suppressions: list[RecipientSuppressed] = []
+        temporary = 0
+        for outcome in outcomes:
+            recipient, result = outcome.recipient, outcome.result
+            row: dict[str, Any] = {
+                "id": context.claim.mine[ledger.key_of(recipient)],
+                "claim_token": None,
+                "updated_at": now,
+                "error_code": result.error_code,
+                "segments": outcome.segments,
+            }
+            tally = counts.setdefault(recipient.channel, [0, 0])
+            if result.outcome == "sent":
+                row |= {
+                    "status": SENT,
+                    "provider_message_id": result.provider_message_id,
+                    "sent_at": now,
+                }
+                tally[0] += 1
+                metrics.SENT.labels(recipient.channel).inc()
+            elif result.outcome == "failed":
+                row["status"] = FAILED
+                tally[1] += 1
+                metrics.FAILED.labels(recipient.channel).inc()
+                if result.suppress:
+                    suppressions.append(
+                        RecipientSuppressed(
+                            subscriber_id=recipient.subscriber_id,
+                            channel=recipient.channel,
+                            address=recipient.address,
+                            reason=result.suppress,
+                        )
+                    )
+            else:
+                row["status"] = RETRY
+                temporary += 1
+                metrics.RETRIED.labels(recipient.channel).inc()
+            updates.append(row)
+        async with self.sessionmaker() as session, session.begin():
+            await session.execute(update(Delivery), updates)
+            for channel, (sent, failed) in sorted(counts.items()):
+                if sent or failed:
+                    session.add(
+                        outbox_row(
+                            Outbox,
+                            DeliveriesReported(
+                                action_id=context.action_id,
+                                message_kind=context.message_kind,
+                                channel=channel,
+                                sent=sent,
+                                failed=failed,
+                            ),
+                        )
+                    )
+            for event in suppressions:
+                session.add(outbox_row(Outbox, event))
+        self.notify()
+        return temporary
+
+    # ---- dispatcher.messages ------------------------------------------------------------------
+
+    async def handle_transactional(
+        self, message: TransactionalMessage, delivery: AmqpDelivery
+    ) -> None:
+        channel = TEMPLATE_CHANNEL.get(message.template)
+        if channel is None:
+            raise Reject(f"unknown template {message.template[:40]!r}")
+        if channel != message.channel:
+            raise Reject(f"template {message.template} goes by {channel}, not {message.channel}")
+        rendered = self._render_transactional(message)  # a Reject before anything is claimed
+        key = str(message.message_id)
+        now = utcnow()
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                row = await session.get(TransactionalDelivery, key)
+                if row is not None and row.status in FINAL_STATES:
+                    return
+                if (
+                    row is not None
+                    and row.status == SENDING
+                    and row.updated_at > now - ledger.CLAIM_LEASE
+                ):
+                    raise Retry("being sent by another handling")
+                if row is None:
+                    session.add(
+                        TransactionalDelivery(
+                            message_id=key,
+                            template=message.template,
+                            channel=channel,
+                            status=SENDING,
+                            attempts=1,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
+                else:
+                    row.status = SENDING
+                    row.attempts += 1
+                    row.updated_at = now
+        except IntegrityError:
+            raise Retry("claimed concurrently") from None
+        if channel == "email":
+            assert isinstance(rendered, bytes)
+            await self.email_rate.acquire(1)
+            result = await self.email.send(self.envelope_sender, message.to, rendered)
+        else:
+            assert isinstance(rendered, str)
+            await self.sms_rate.acquire(segment_count(rendered))
+            result = await self.sms.send(message.to, rendered)
+        async with self.sessionmaker() as session, session.begin():
+            row = await session.get(TransactionalDelivery, key)
+            assert row is not None
+            row.updated_at = utcnow()
+            row.error_code = result.error_code
+            if result.outcome == "sent":
+                row.status = SENT
+                row.provider_message_id = result.provider_message_id
+                metrics.SENT.labels(channel).inc()
+            elif result.outcome == "failed":
+                row.status = FAILED
+                metrics.FAILED.labels(channel).inc()
+                if result.suppress:
+                    session.add(
+                        outbox_row(
+                            Outbox,
+                            RecipientSuppressed(
+                                subscriber_id=None,
+                                channel=channel,
+                                address=message.to,
+                                reason=result.suppress,
+                            ),
+                        )
+                    )
+            else:
+                row.status = RETRY
+                metrics.RETRIED.labels(channel).inc()
+        self.notify()
+        if result.outcome == "temporary":
+            raise Retry(f"temporary failure {result.error_code}")
+
+    def _render_transactional(self, message: TransactionalMessage) -> bytes | str:
+        context = message.context
+        if message.template == "confirm_sms":
+            return self.renderer.confirm_sms(message.language)
+        if message.template == "sms_reply":
+            text = context.get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise Reject("sms_reply needs context.text")
+            # A plain answer (HELP, YES/STOP/START acknowledgements), sent as written.
+            return clean_text(text).strip()[:1600]
+        confirm_url = context.get("confirm_url")
+        if not isinstance(confirm_url, str) or not confirm_url.startswith(("http://", "https://")):
+            raise Reject("confirm_email needs context.confirm_url")
+        name = context.get("name")
+        prepared = self.renderer.confirm_email(
+            message.language, has_unsubscribe=message.unsubscribe_url is not None
+        )
+        fill = RecipientFill(
+            to=message.to,
+            greeting=self.renderer.greeting(
+                message.language, name if isinstance(name, str) else ""
+            ),
+            confirm_url=confirm_url,
+            unsubscribe_url=message.unsubscribe_url,
+        )
+        try:
+            return prepared.build(fill, now=utcnow())
+        except InvalidAddress:
+            raise Reject("address not fit for an email header") from None
+
+    # ---- Twilio status callbacks ----------------------------------------------------------------
+
+    async def record_receipt(self, message_sid: str, status: str, error_code: str | None) -> bool:
+        """A delivery receipt: True if it moved a sent SMS to delivered or failed."""
+        new_status = RECEIPT_STATUS.get(status)
+        if new_status is None or not message_sid:
+            return False  # an intermediate status (queued, sent...) changes nothing
+        code = f"twilio:{header_safe(error_code, 20)}" if error_code else None
+        now = utcnow()
+        async with self.sessionmaker() as session, session.begin():
+            # Conditional update: of two copies of one callback, only one finds the row ``sent``.
+            moved = await session.execute(
+                update(Delivery)
+                .where(Delivery.provider_message_id == message_sid, Delivery.status == SENT)
+                .values(status=new_status, receipt_at=now, updated_at=now, error_code=code)
+                .returning(Delivery.action_id, Delivery.message_kind, Delivery.channel)
+            )
+            row = moved.first()
+            if row is None:
+                await session.execute(
+                    update(TransactionalDelivery)
+                    .where(
+                        TransactionalDelivery.provider_message_id == message_sid,
+                        TransactionalDelivery.status == SENT,
+                    )
+                    .values(status=new_status, receipt_at=now, updated_at=now, error_code=code)
+                )
+                return False
+            action_id, message_kind, channel = row
+            session.add(
+                outbox_row(
+                    Outbox,
+                    DeliveryStatusChanged(
+                        action_id=action_id,
+                        message_kind=message_kind,
+                        channel=channel,
+                        status="delivered" if new_status == DELIVERED else "failed",
+                    ),
+                )
+            )
+        metrics.RECEIPTS.labels(new_status).inc()
+        self.notify()
+        return True
+
+
+def _alert_text(action: DispatchAction) -> UrgentActionText:
+    return UrgentActionText(
+        reference=action.reference,
+        default_language=action.default_language,
+        content={lang: ActionContent.model_validate(c) for lang, c in action.content.items()},
+        targets=[Target.model_validate(t) for t in action.targets],
+        deadline=action.deadline,
+    )
+
+
+def _follow_up_text(action: DispatchAction, message: ActionMessage) -> FollowUpText:
+    return FollowUpText(
+        reference=action.reference,
+        default_language=message.default_language,
+        content={lang: UpdateContent.model_validate(c) for lang, c in message.content.items()},
+    )

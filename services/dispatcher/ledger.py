@@ -1,0 +1,244 @@
+"""The delivery ledger: claim before sending, record after, so nothing goes out twice.
+
+A row is unique on (action, message kind, subscriber, channel). ``claim`` turns the recipients of a
+batch into rows this handling owns: new ones, ones left ``retry`` by a temporary failure, and
+``sending`` ones whose lease ran out (the process handling them died). Rows another handling
+holds right now are reported as busy, so the caller retries the batch later instead of sending.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.dispatcher.models import (
+    CANCELLED,
+    RETRY,
+    SENDING,
+    Delivery,
+    Outbox,
+)
+from shared.db import utcnow
+from shared.events import Recipient, RecipientSuppressed
+
+# How long a ``sending`` claim is honoured: far longer than sending one batch takes.
+CLAIM_LEASE = timedelta(minutes=2)
+# Bound the IN (...) lists (SQLite's parameter limit; smaller plans on PostgreSQL).
+_IN_CHUNK = 500
+
+Key = tuple[str, str]  # (subscriber_id, channel)
+
+
+def key_of(recipient: Recipient) -> Key:
+    return (str(recipient.subscriber_id), recipient.channel)
+
+
+def unique_recipients(recipients: Iterable[Recipient]) -> list[Recipient]:
+    """One recipient per (subscriber, channel), first one wins."""
+    seen: dict[Key, Recipient] = {}
+    for recipient in recipients:
+        seen.setdefault(key_of(recipient), recipient)
+    return list(seen.values())
+
+
+@dataclass
+class Claim:
+    token: str
+    # Rows this handling now owns: key -> ledger id.
+    mine: dict[Key, int] = field(default_factory=dict)
+    # Rows another handling holds (lease not expired): retry the batch later for them.
+    busy: int = 0
+    # Rows already final (sent, delivered, failed, cancelled): nothing to do.
+    done: int = 0
+
+
+def _insert(session: AsyncSession) -> Any:
+    dialect = session.get_bind().dialect.name
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    return module.insert(Delivery)
+
+
+def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+async def claim(
+    session: AsyncSession,
+    *,
+    action_id: str,
+    message_kind: str,
+    recipients: Sequence[Recipient],
+    now: datetime | None = None,
+) -> Claim:
+    """Take ownership of the rows to send now. The caller commits before sending anything."""
+    now = now or utcnow()
+    token = str(uuid.uuid4())
+    result = Claim(token)
+    wanted = {key_of(r) for r in recipients}
+    subscriber_ids = sorted({k[0] for k in wanted})
+    for ids in _chunks(subscriber_ids):
+        scope = and_(
+            Delivery.action_id == action_id,
+            Delivery.message_kind == message_kind,
+            Delivery.subscriber_id.in_(ids),
+        )
+        # Take back what failed temporarily or was abandoned by a dead process.
+        await session.execute(
+            update(Delivery)
+            .where(
+                scope,
+                or_(
+                    Delivery.status == RETRY,
+                    and_(Delivery.status == SENDING, Delivery.updated_at < now - CLAIM_LEASE),
+                ),
+            )
+            .values(
+                status=SENDING, claim_token=token, attempts=Delivery.attempts + 1, updated_at=now
+            )
+            .execution_options(synchronize_session=False)
+        )
+    new_rows = [
+        {
+            "action_id": action_id,
+            "message_kind": message_kind,
+            "subscriber_id": sid,
+            "channel": channel,
+            "status": SENDING,
+            "claim_token": token,
+            "attempts": 1,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for sid, channel in sorted(wanted)
+    ]
+    for chunk in _chunks(new_rows, 200):
+        # A row that exists already (any state) is left as it is.
+        await session.execute(
+            _insert(session)
+            .values(list(chunk))
+            .on_conflict_do_nothing(
+                index_elements=["action_id", "message_kind", "subscriber_id", "channel"]
+            )
+        )
+    for ids in _chunks(subscriber_ids):
+        found = await session.execute(
+            select(
+                Delivery.id,
+                Delivery.subscriber_id,
+                Delivery.channel,
+                Delivery.status,
+                Delivery.claim_token,
+            ).where(
+                Delivery.action_id == action_id,
+                Delivery.message_kind == message_kind,
+                Delivery.subscriber_id.in_(ids),
+            )
+        )
+        for row_id, sid, channel, status, row_token in found.all():
+            key = (sid, channel)
+            if key not in wanted:
+                continue
+            if row_token == token and status == SENDING:
+                result.mine[key] = row_id
+            elif status == SENDING:
+                result.busy += 1
+            else:
+                result.done += 1
+    return result
+
+
+async def cancel(
+    session: AsyncSession,
+    *,
+    action_id: str,
+    message_kind: str,
+    recipients: Sequence[Recipient],
+    now: datetime | None = None,
+) -> int:
+    """The action closed: record these recipients as cancelled unless already final or in flight."""
+    now = now or utcnow()
+    wanted = sorted({key_of(r) for r in recipients})
+    for rows in _chunks(wanted, 200):
+        await session.execute(
+            _insert(session)
+            .values(
+                [
+                    {
+                        "action_id": action_id,
+                        "message_kind": message_kind,
+                        "subscriber_id": sid,
+                        "channel": channel,
+                        "status": CANCELLED,
+                        "attempts": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for sid, channel in rows
+                ]
+            )
+            .on_conflict_do_nothing(
+                index_elements=["action_id", "message_kind", "subscriber_id", "channel"]
+            )
+        )
+    cancelled = 0
+    for ids in _chunks(sorted({k[0] for k in wanted})):
+        outcome = await session.execute(
+            update(Delivery)
+            .where(
+                Delivery.action_id == action_id,
+                Delivery.message_kind == message_kind,
+                Delivery.subscriber_id.in_(ids),
+                Delivery.status == RETRY,
+            )
+            .values(status=CANCELLED, claim_token=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        cancelled += _rowcount(outcome)
+    return cancelled
+
+
+async def cancel_pending_for_action(session: AsyncSession, action_id: str) -> int:
+    """On close: alerts and follow-ups waiting for a retry will not go out."""
+    outcome = await session.execute(
+        update(Delivery)
+        .where(
+            Delivery.action_id == action_id,
+            Delivery.message_kind != "closed",
+            Delivery.status == RETRY,
+        )
+        .values(status=CANCELLED, claim_token=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(outcome)
+
+
+async def forget_subscriber(session: AsyncSession, subscriber_id: str) -> None:
+    """Erasure: nothing more goes to them, and no address of theirs stays in the outbox."""
+    await session.execute(
+        update(Delivery)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.status == RETRY)
+        .values(status=CANCELLED, claim_token=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    # Suppression events are the only rows that ever held an address.
+    await session.execute(
+        delete(Outbox)
+        .where(
+            Outbox.routing_key == RecipientSuppressed.ROUTING_KEY,
+            Outbox.body.contains(f'"subscriber_id":"{subscriber_id}"'),
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _rowcount(result: Any) -> int:
+    count = getattr(result, "rowcount", 0)
+    return int(count) if count and count > 0 else 0

@@ -1,0 +1,134 @@
+"""The dispatcher's own tables: what it knows of each urgent action, and the delivery ledger.
+
+The ledger keeps subscriber ids and channels, never an address or a number: addresses travel in
+each ``DeliveryBatch`` and are forgotten once the message is out.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Date,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.db import OutboxMixin, ProcessedMessageMixin, UTCDateTime, utcnow
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit id for big fan-outs.
+LedgerId = BigInteger().with_variant(Integer(), "sqlite")
+
+ACTION_OPEN = "open"
+ACTION_CLOSED = "closed"
+
+# Ledger states. ``sending``: claimed, the send may be under way (or the process died during it);
+# ``retry``: a temporary failure, the batch comes back; the rest are final.
+SENDING = "sending"
+RETRY = "retry"
+SENT = "sent"
+DELIVERED = "delivered"
+FAILED = "failed"
+CANCELLED = "cancelled"
+PENDING_STATES = (SENDING, RETRY)
+FINAL_STATES = (SENT, DELIVERED, FAILED, CANCELLED)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Outbox(OutboxMixin, Base):
+    __service__ = "dispatcher"
+
+
+class ProcessedMessage(ProcessedMessageMixin, Base):
+    __service__ = "dispatcher"
+
+
+class DispatchAction(Base):
+    """An urgent action as ``action.published`` described it: enough to render every alert."""
+
+    __tablename__ = "dispatch_actions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    reference: Mapped[str] = mapped_column(String(40))
+    title: Mapped[str] = mapped_column(String(500))
+    urgency: Mapped[str] = mapped_column(String(16))
+    channels: Mapped[list[str]] = mapped_column(JSON)
+    default_language: Mapped[str] = mapped_column(String(16))
+    # {language: ActionContent as a dict}
+    content: Mapped[dict[str, Any]] = mapped_column(JSON)
+    targets: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    deadline: Mapped[date | None] = mapped_column(Date, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default=ACTION_OPEN)
+    published_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ActionMessage(Base):
+    """A follow-up (``update:<id>``) or the closing outcome (``closed``) of an action."""
+
+    __tablename__ = "dispatch_action_messages"
+
+    action_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    message_kind: Mapped[str] = mapped_column(String(80), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # further_information | outcome
+    outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    default_language: Mapped[str] = mapped_column(String(16))
+    # {language: UpdateContent as a dict}; empty when a close came without text
+    content: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Delivery(Base):
+    """The ledger: one row per (action, message kind, subscriber, channel), claimed first."""
+
+    __tablename__ = "dispatch_deliveries"
+    __table_args__ = (
+        UniqueConstraint(
+            "action_id", "message_kind", "subscriber_id", "channel", name="uq_dispatch_delivery"
+        ),
+        Index("ix_dispatch_deliveries_subscriber", "subscriber_id"),
+    )
+
+    id: Mapped[int] = mapped_column(LedgerId, primary_key=True, autoincrement=True)
+    action_id: Mapped[str] = mapped_column(String(36))
+    message_kind: Mapped[str] = mapped_column(String(80))
+    subscriber_id: Mapped[str] = mapped_column(String(36))
+    channel: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16))
+    provider_message_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    segments: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Which handling of a batch holds a ``sending`` row; with ``updated_at`` it is a lease, so
+    # two dispatchers handling a redelivered batch at once never both send.
+    claim_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    receipt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class TransactionalDelivery(Base):
+    """The ledger of transactional messages (confirmations, SMS replies): one row per message id."""
+
+    __tablename__ = "dispatch_transactional_deliveries"
+
+    message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    template: Mapped[str] = mapped_column(String(40))
+    channel: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16))
+    provider_message_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    receipt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -1,0 +1,1 @@
+"""The publisher: urgent actions and their lifecycle, API tokens, and the tally."""

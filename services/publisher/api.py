@@ -1,0 +1,231 @@
+"""The publisher's HTTP API (contract §3). Routes only translate: parse, call, map to HTTP."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+
+from services.publisher import actions as domain
+from services.publisher.auth import Reader, Writer
+from services.publisher.database import Database
+from services.publisher.reports import csv_filename, stats_csv, stats_stream
+from services.publisher.schemas import (
+    ActionClose,
+    ActionStats,
+    ActionUpdateCreate,
+    ActionUpdateRead,
+    UrgentActionCreate,
+    UrgentActionPage,
+    UrgentActionRead,
+    UrgentActionUpdate,
+)
+from services.publisher.tally import StatsNotifier, read_stats, stats_changed_at
+from shared.runtime import ServiceRuntime
+
+router = APIRouter(prefix="/api/v1/actions", tags=["urgent actions"])
+
+# Two drafts created at the same instant may race for one reference number; the loser retries.
+CREATE_ATTEMPTS = 5
+
+
+def get_database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
+def get_runtime(request: Request) -> ServiceRuntime:
+    runtime: ServiceRuntime = request.app.state.runtime
+    return runtime
+
+
+def get_notifier(request: Request) -> StatsNotifier:
+    notifier: StatsNotifier = request.app.state.stats_notifier
+    return notifier
+
+
+def action_id_from_path(action_id: str) -> uuid.UUID:
+    return domain.parse_action_id(action_id)
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
+RuntimeDep = Annotated[ServiceRuntime, Depends(get_runtime)]
+NotifierDep = Annotated[StatsNotifier, Depends(get_notifier)]
+ActionId = Annotated[uuid.UUID, Depends(action_id_from_path)]
+
+
+def _read(action: Any) -> UrgentActionRead:
+    return UrgentActionRead.model_validate(action)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=UrgentActionRead)
+async def create_draft(
+    action_in: UrgentActionCreate, _: Writer, database: DatabaseDep, response: Response
+) -> UrgentActionRead:
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        try:
+            async with database.write() as session:
+                action = await domain.create_action(session=session, action_in=action_in)
+            break
+        except IntegrityError:
+            if attempt == CREATE_ATTEMPTS:
+                raise
+    response.headers["Location"] = f"{router.prefix}/{action.id}"
+    return _read(action)
+
+
+@router.get("", response_model=UrgentActionPage)
+async def list_actions(
+    _: Reader,
+    database: DatabaseDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    status: Literal["draft", "published", "closed"] | None = None,
+) -> UrgentActionPage:
+    async with database.read() as session:
+        rows, total = await domain.list_actions(
+            session=session, limit=limit, offset=offset, status=status
+        )
+    following = offset + len(rows)
+    return UrgentActionPage(
+        items=[_read(row) for row in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
+        next_offset=following if following < total else None,
+    )
+
+
+@router.get("/{action_id}", response_model=UrgentActionRead)
+async def get_action(action_id: ActionId, _: Reader, database: DatabaseDep) -> UrgentActionRead:
+    async with database.read() as session:
+        return _read(await domain.get_action(session=session, action_id=action_id))
+
+
+@router.patch("/{action_id}", response_model=UrgentActionRead)
+async def edit_draft(
+    action_id: ActionId, changes: UrgentActionUpdate, _: Writer, database: DatabaseDep
+) -> UrgentActionRead:
+    try:
+        async with database.write() as session:
+            action = await domain.edit_draft(
+                session=session, action_id=action_id, changes=changes.model_dump(exclude_unset=True)
+            )
+    except ValidationError as exc:
+        # The draft as edited is invalid: report it like any invalid body, naming the field.
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in exc.errors()]
+        ) from None
+    return _read(action)
+
+
+@router.post("/{action_id}/publish", response_model=UrgentActionRead)
+async def publish(
+    action_id: ActionId, _: Writer, database: DatabaseDep, runtime: RuntimeDep
+) -> UrgentActionRead:
+    async with database.write() as session:
+        action = await domain.publish_action(session=session, action_id=action_id)
+    runtime.relay.notify()
+    return _read(action)
+
+
+@router.post(
+    "/{action_id}/updates",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ActionUpdateRead,
+)
+async def follow_up(
+    action_id: ActionId,
+    update_in: ActionUpdateCreate,
+    _: Writer,
+    database: DatabaseDep,
+    runtime: RuntimeDep,
+) -> ActionUpdateRead:
+    async with database.write() as session:
+        update = await domain.add_follow_up(
+            session=session, action_id=action_id, update_in=update_in
+        )
+    runtime.relay.notify()
+    return ActionUpdateRead.model_validate(update)
+
+
+@router.post("/{action_id}/close", response_model=UrgentActionRead)
+async def close(
+    action_id: ActionId,
+    close_in: ActionClose,
+    _: Writer,
+    database: DatabaseDep,
+    runtime: RuntimeDep,
+) -> UrgentActionRead:
+    async with database.write() as session:
+        action = await domain.close_action(session=session, action_id=action_id, close_in=close_in)
+    runtime.relay.notify()
+    return _read(action)
+
+
+@router.get("/{action_id}/stats", response_model=ActionStats)
+async def stats(action_id: ActionId, _: Reader, database: DatabaseDep) -> ActionStats:
+    async with database.read() as session:
+        return await read_stats(session=session, action_id=action_id)
+
+
+@router.get("/{action_id}/stats.csv", response_class=Response)
+async def stats_as_csv(action_id: ActionId, _: Reader, database: DatabaseDep) -> Response:
+    async with database.read() as session:
+        counts = await read_stats(session=session, action_id=action_id)
+    return Response(
+        stats_csv(counts),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{csv_filename(counts.reference)}"'},
+    )
+
+
+@router.get("/{action_id}/stats/stream", response_class=StreamingResponse)
+async def stats_live(
+    action_id: ActionId, _: Reader, database: DatabaseDep, notifier: NotifierDep
+) -> StreamingResponse:
+    async def load() -> ActionStats:
+        async with database.read() as session:
+            return await read_stats(session=session, action_id=action_id)
+
+    async def changed_at() -> Any:
+        async with database.read() as session:
+            return await stats_changed_at(session=session, action_id=action_id)
+
+    first = await load()  # an unknown action is a 404 before the stream starts
+    return StreamingResponse(
+        stats_stream(
+            action_id=action_id,
+            first=first,
+            load=load,
+            changed_at=changed_at,
+            notifier=notifier,
+        ),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def install_error_responses(app: FastAPI) -> None:
+    @app.exception_handler(domain.ActionNotFound)
+    async def not_found(request: Request, exc: domain.ActionNotFound) -> Response:
+        return JSONResponse({"detail": "no such urgent action"}, status_code=404)
+
+    @app.exception_handler(domain.ActionConflict)
+    async def conflict(request: Request, exc: domain.ActionConflict) -> Response:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(domain.InvalidFollowUp)
+    async def invalid_follow_up(request: Request, exc: domain.InvalidFollowUp) -> Response:
+        return JSONResponse(
+            {
+                "detail": f"invalid: {exc.field}",
+                "errors": [{"field": exc.field, "message": exc.message}],
+            },
+            status_code=422,
+        )

@@ -1,0 +1,46 @@
+"""The publisher service: ``create_app(settings)`` for uvicorn (``uanet serve publisher``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.publisher.api import install_error_responses, router
+from services.publisher.database import Database
+from services.publisher.models import Outbox
+from services.publisher.tally import TALLY_EVENTS, StatsNotifier, TallyConsumer
+from shared.runtime import ServiceRuntime, Subscription
+from shared.settings import Settings
+from shared.web import install_common
+
+TALLY_QUEUE = "publisher.tally"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    # Built here but connected only in the lifespan: nothing touches the network at import or
+    # construction time.
+    runtime = ServiceRuntime("publisher", settings, Outbox)
+    database = Database(runtime.engine, runtime.sessionmaker)
+    notifier = StatsNotifier()
+    tally = TallyConsumer(database, notifier)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start([Subscription(TALLY_QUEUE, tally, TALLY_EVENTS)])
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="uanet publisher", version="1", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.runtime = runtime
+    app.state.database = database
+    app.state.stats_notifier = notifier
+    app.state.tally = tally
+    app.include_router(router)
+    install_error_responses(app)
+    install_common(app, runtime.ready)
+    return app

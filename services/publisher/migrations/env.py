@@ -1,0 +1,6 @@
+from alembic import context
+
+from services.publisher.models import Base
+from shared.migrations import run_env
+
+run_env(context, Base.metadata)

@@ -1,0 +1,150 @@
+"""The publisher's tables: urgent actions, their follow-ups, API tokens and the tally of counts."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.db import OutboxMixin, ProcessedMessageMixin, UTCDateTime, utcnow
+
+CHANNELS = ("email", "sms")
+RESPONSE_KINDS = ("letter", "email", "call", "sms_reply", "other")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Outbox(OutboxMixin, Base):
+    __service__ = "publisher"
+
+
+class ProcessedMessage(ProcessedMessageMixin, Base):
+    __service__ = "publisher"
+
+
+class ApiToken(Base):
+    """A bearer token for the API. Only its SHA-256 is kept: a leaked database leaks no token."""
+
+    __tablename__ = "publisher_api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class UrgentAction(Base):
+    __tablename__ = "urgent_actions"
+    __table_args__ = (
+        # The reference "UA 12/26" is the 12th action of 2026.
+        UniqueConstraint("year", "number", name="uq_urgent_actions_year_number"),
+        Index("ix_urgent_actions_created_at", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    year: Mapped[int] = mapped_column(Integer)
+    number: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="draft")
+    outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    title: Mapped[str] = mapped_column(String(300))
+    country: Mapped[str] = mapped_column(String(2))
+    themes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    urgency: Mapped[str] = mapped_column(String(16))
+    channels: Mapped[list[str]] = mapped_column(JSON)
+    deadline: Mapped[date | None] = mapped_column(Date, nullable=True)
+    default_language: Mapped[str] = mapped_column(String(2))
+    audience: Mapped[dict[str, Any]] = mapped_column(JSON)
+    targets: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    content: Mapped[dict[str, dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    @property
+    def reference(self) -> str:
+        return f"UA {self.number}/{self.year % 100:02d}"
+
+
+class ActionUpdate(Base):
+    """A follow-up (further information, an outcome) or the closing message of an action."""
+
+    __tablename__ = "action_updates"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    action_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("urgent_actions.id", ondelete="CASCADE"), index=True
+    )
+    # "further_information", "outcome", or "closed" for the message sent on close.
+    kind: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    content: Mapped[dict[str, dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ActionTally(Base):
+    """Counts of one action, one row made with the action; handlers only ever add to it."""
+
+    __tablename__ = "action_tallies"
+
+    action_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("urgent_actions.id", ondelete="CASCADE"), primary_key=True
+    )
+    recipients_email: Mapped[int] = mapped_column(Integer, default=0)
+    recipients_sms: Mapped[int] = mapped_column(Integer, default=0)
+    email_sent: Mapped[int] = mapped_column(Integer, default=0)
+    email_delivered: Mapped[int] = mapped_column(Integer, default=0)
+    email_failed: Mapped[int] = mapped_column(Integer, default=0)
+    sms_sent: Mapped[int] = mapped_column(Integer, default=0)
+    sms_delivered: Mapped[int] = mapped_column(Integer, default=0)
+    sms_failed: Mapped[int] = mapped_column(Integer, default=0)
+    people: Mapped[int] = mapped_column(Integer, default=0)
+    actions: Mapped[int] = mapped_column(Integer, default=0)
+    kind_letter: Mapped[int] = mapped_column(Integer, default=0)
+    kind_email: Mapped[int] = mapped_column(Integer, default=0)
+    kind_call: Mapped[int] = mapped_column(Integer, default=0)
+    kind_sms_reply: Mapped[int] = mapped_column(Integer, default=0)
+    kind_other: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CountryTally(Base):
+    """Counts of one action among subscribers living in one country."""
+
+    __tablename__ = "action_country_tallies"
+
+    action_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("urgent_actions.id", ondelete="CASCADE"), primary_key=True
+    )
+    country: Mapped[str] = mapped_column(String(2), primary_key=True)
+    recipients: Mapped[int] = mapped_column(Integer, default=0)
+    people: Mapped[int] = mapped_column(Integer, default=0)
+    actions: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Responder(Base):
+    """Who reported acting on an action: ``people`` counts distinct subscribers, not reports."""
+
+    __tablename__ = "action_responders"
+
+    action_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("urgent_actions.id", ondelete="CASCADE"), primary_key=True
+    )
+    subscriber_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    first_reported_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

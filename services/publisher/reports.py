@@ -1,0 +1,140 @@
+"""The counts as coordinators take them away: CSV, and a live Server-Sent Events stream.
+
+CSV columns, one row per country of residence then a ``TOTAL`` row:
+
+- ``reference``, ``country``
+- ``recipients``: distinct people the action was sent to (in that country / in all)
+- ``people``: distinct people who reported acting; ``actions``: the actions they reported
+- on the ``TOTAL`` row only (left empty on country rows, where they are not known):
+  ``letter``, ``email``, ``call``, ``sms_reply``, ``other`` (actions by kind),
+  ``email_recipients``, ``email_sent``, ``email_delivered``, ``email_failed``, and the same
+  for ``sms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+
+from services.publisher.models import CHANNELS, RESPONSE_KINDS
+from services.publisher.schemas import ActionStats
+from services.publisher.tally import StatsNotifier
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "reference",
+    "country",
+    "recipients",
+    "people",
+    "actions",
+    *RESPONSE_KINDS,
+    *(
+        f"{channel}_{what}"
+        for channel in CHANNELS
+        for what in ("recipients", "sent", "delivered", "failed")
+    ),
+)
+
+# A cell starting with one of these is a formula to a spreadsheet (CSV injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: str | int) -> str | int:
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def stats_csv(stats: ActionStats) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    empty_totals = [""] * (len(CSV_COLUMNS) - 5)
+    for country, counts in stats.by_country.items():
+        writer.writerow(
+            [
+                _cell(stats.reference),
+                _cell(country),
+                counts.recipients,
+                counts.people,
+                counts.actions,
+                *empty_totals,
+            ]
+        )
+    deliveries: list[int] = []
+    for channel in CHANNELS:
+        d = stats.deliveries[channel]
+        deliveries += [stats.recipients[channel], d.sent, d.delivered, d.failed]
+    writer.writerow(
+        [
+            _cell(stats.reference),
+            "TOTAL",
+            sum(c.recipients for c in stats.by_country.values()),
+            stats.responses.people,
+            stats.responses.actions,
+            *(stats.responses.by_kind[kind] for kind in RESPONSE_KINDS),
+            *deliveries,
+        ]
+    )
+    return out.getvalue()
+
+
+def csv_filename(reference: str) -> str:
+    # "UA 12/26" -> "ua-12-26-stats.csv"
+    slug = "".join(ch if ch.isalnum() else "-" for ch in reference.lower()).strip("-")
+    return f"{slug}-stats.csv"
+
+
+def sse_event(stats: ActionStats) -> str:
+    # JSON has no raw newlines, so the data is one line.
+    return f"event: stats\ndata: {stats.model_dump_json()}\n\n"
+
+
+KEEP_ALIVE = ": keep-alive\n\n"
+
+
+async def stats_stream(
+    *,
+    action_id: uuid.UUID,
+    first: ActionStats,
+    load: Callable[[], Awaitable[ActionStats]],
+    changed_at: Callable[[], Awaitable[datetime | None]],
+    notifier: StatsNotifier,
+    poll_interval: float = 1.0,
+    keep_alive_interval: float = 15.0,
+) -> AsyncIterator[str]:
+    """The current counts, then new counts whenever they change, until the client goes away.
+
+    Woken at once by the tally consumer of this process; the poll of ``updated_at`` catches
+    changes counted by another publisher process. Starlette cancels this generator when the
+    client disconnects.
+    """
+    with notifier.listen(action_id) as woken:
+        yield sse_event(first)
+        last_body = first.model_dump_json()
+        last_changed_at: datetime | None = first.updated_at
+        last_sent = time.monotonic()
+        while True:
+            try:
+                await asyncio.wait_for(woken.wait(), timeout=poll_interval)
+            except TimeoutError:
+                pass
+            notified = woken.is_set()
+            woken.clear()
+            current = await changed_at()
+            if notified or current != last_changed_at:
+                last_changed_at = current
+                stats = await load()
+                body = stats.model_dump_json()
+                if body != last_body:
+                    last_body = body
+                    last_sent = time.monotonic()
+                    yield sse_event(stats)
+                    continue
+            if time.monotonic() - last_sent >= keep_alive_interval:
+                last_sent = time.monotonic()
+                yield KEEP_ALIVE

@@ -1,0 +1,1 @@
+"""Subscriptions: subscribers, consent and preferences, audiences, public pages, inbound SMS."""

@@ -1,0 +1,86 @@
+"""The subscriptions service: ``create_app(settings)``.
+
+Consumes ``subscriptions.actions`` (ActionPublished, ActionUpdated, ActionClosed) and
+``subscriptions.suppressions`` (RecipientSuppressed); serves the public pages, the sign-up API and
+the inbound SMS webhook; everything it emits goes through its outbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+
+from services.subscriptions import api, pages, webhooks
+from services.subscriptions.handlers import SubscriptionHandlers
+from services.subscriptions.links import Links
+from services.subscriptions.models import Outbox
+from services.subscriptions.web import ServiceState, make_templates
+from shared import events
+from shared.runtime import ServiceRuntime, Subscription
+from shared.settings import Settings
+from shared.tokens import LinkSigner
+from shared.web import install_common
+
+SERVICE = "subscriptions"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    # Fails at start (not at the first link) when UANET_SECRET_KEY is missing.
+    links = Links(LinkSigner(settings.require_secret()), settings.public_url)
+    templates, sms_texts = make_templates()
+    runtime: ServiceRuntime | None = None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal runtime
+        runtime = ServiceRuntime(SERVICE, settings, Outbox)
+        app.state.runtime = runtime
+        app.state.subscriptions = ServiceState(
+            settings=settings,
+            sessionmaker=runtime.sessionmaker,
+            links=links,
+            templates=templates,
+            sms_texts=sms_texts,
+            notify=runtime.relay.notify,
+        )
+        handlers = SubscriptionHandlers(runtime.sessionmaker, links, runtime.relay.notify)
+        try:
+            await runtime.start(
+                [
+                    Subscription(
+                        "subscriptions.actions",
+                        handlers.on_action_event,
+                        (events.ActionPublished, events.ActionUpdated, events.ActionClosed),
+                        # Each ActionPublished streams through every subscriber: a few at a time.
+                        prefetch=4,
+                    ),
+                    Subscription(
+                        "subscriptions.suppressions",
+                        handlers.on_recipient_suppressed,
+                        (events.RecipientSuppressed,),
+                    ),
+                ]
+            )
+            yield
+        finally:
+            await runtime.stop()
+
+    async def ready() -> dict[str, bool]:
+        if runtime is None:
+            return {"database": False, "broker": False}
+        return await runtime.ready()
+
+    app = FastAPI(title="uanet subscriptions", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_common(app, ready)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.include_router(webhooks.router)
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/signup", status_code=303)
+
+    return app

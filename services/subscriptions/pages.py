@@ -1,0 +1,346 @@
+"""Subscriber pages, each authorized by the signed token in its URL (no cookie, no CSRF token):
+confirm, preferences, unsubscribe (RFC 8058 one-click) and the action page."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from markdown_it import MarkdownIt
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from services.subscriptions import store
+from services.subscriptions.audience import content_language
+from services.subscriptions.models import ActionRecipient, ActionUpdate, KnownAction, Subscriber
+from services.subscriptions.responses import record_response
+from services.subscriptions.schemas import PreferencesUpdate, ReportCreate
+from services.subscriptions.subscribers import confirm_channel, unsubscribe, update_preferences
+from services.subscriptions.web import (
+    BadBody,
+    ServiceState,
+    StateDep,
+    errors_by_field,
+    is_json,
+    parse,
+    read_body,
+)
+from shared.tokens import InvalidToken
+
+router = APIRouter()
+
+# Staff write Markdown; raw HTML in it is shown as text, and markdown-it refuses javascript: links.
+_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+
+STATUS_TEXT = {
+    "pending": "waiting for your confirmation",
+    "confirmed": "on",
+    "unsubscribed": "off",
+    None: "off",
+}
+OUTCOME_TEXT = {
+    "released": "the person was released",
+    "charges_dropped": "the charges were dropped",
+    "sentence_commuted": "the sentence was commuted",
+    "improved": "the situation improved",
+    "no_change": "there was no change",
+    "other": "",
+}
+
+
+def render_markdown(text: str) -> str:
+    html: str = _markdown.render(text or "")
+    return html
+
+
+# ---- confirm ----------------------------------------------------------------------------------
+
+
+@router.get("/confirm/{token}", response_class=HTMLResponse)
+async def confirm(token: str, request: Request, state: StateDep) -> HTMLResponse:
+    try:
+        ref = state.links.read_confirm(token)
+    except InvalidToken:
+        return state.invalid_link(request)
+    async with state.unit_of_work() as session:
+        outcome = await confirm_channel(session=session, ref=ref, origin=state.origin(request))
+    if outcome == "unknown":
+        return state.invalid_link(request)
+    return state.page(
+        request,
+        "confirm.html",
+        {"outcome": outcome, "preferences_url": state.links.preferences(ref.subscriber)},
+    )
+
+
+# ---- unsubscribe ------------------------------------------------------------------------------
+
+
+@router.get("/unsubscribe/{token}", response_class=HTMLResponse)
+async def unsubscribe_page(token: str, request: Request, state: StateDep) -> HTMLResponse:
+    # Showing the page changes nothing: mail scanners follow links.
+    try:
+        ref = state.links.read_unsubscribe(token)
+    except InvalidToken:
+        return state.invalid_link(request)
+    async with state.sessionmaker() as session:
+        subscriber = await store.subscriber_by_public_id(session, ref.subscriber)
+    if subscriber is None:
+        return state.invalid_link(request)
+    return state.page(
+        request,
+        "unsubscribe.html",
+        {
+            "done": subscriber.channel_status(ref.channel) == "unsubscribed",
+            "channel": ref.channel,
+            "action_url": f"/unsubscribe/{token}",
+        },
+    )
+
+
+@router.post("/unsubscribe/{token}", response_class=HTMLResponse)
+async def unsubscribe_now(token: str, request: Request, state: StateDep) -> HTMLResponse:
+    """RFC 8058 one-click: takes effect at once, whatever the body (``List-Unsubscribe=One-Click``
+    from a mail client, or the page's button)."""
+    try:
+        ref = state.links.read_unsubscribe(token)
+    except InvalidToken:
+        return state.invalid_link(request)
+    async with state.unit_of_work() as session:
+        subscriber = await store.subscriber_by_public_id(session, ref.subscriber, for_update=True)
+        if subscriber is not None:
+            await unsubscribe(
+                session=session,
+                subscriber=subscriber,
+                channel=ref.channel,
+                origin=state.origin(request),
+            )
+    if subscriber is None:
+        return state.invalid_link(request)
+    return state.page(request, "unsubscribe.html", {"done": True, "channel": ref.channel})
+
+
+# ---- preferences ------------------------------------------------------------------------------
+
+
+def _preferences_page(
+    state: ServiceState,
+    request: Request,
+    token: str,
+    subscriber: Subscriber,
+    status: int = 200,
+    **extra: Any,
+) -> HTMLResponse:
+    context = {
+        "subscriber": subscriber,
+        "status_text": STATUS_TEXT,
+        "action_url": f"/preferences/{token}",
+        "errors": {},
+        **extra,
+    }
+    return state.page(request, "preferences.html", context, status)
+
+
+def _preferences_json(subscriber: Subscriber, awaiting: list[str]) -> dict[str, Any]:
+    return {
+        "channels": {"email": subscriber.email_status, "sms": subscriber.sms_status},
+        "themes": subscriber.themes,
+        "language": subscriber.language,
+        "timezone": subscriber.timezone,
+        "frequency": subscriber.frequency,
+        "awaiting_confirmation": awaiting,
+    }
+
+
+@router.get("/preferences/{token}", response_class=HTMLResponse)
+async def preferences_page(token: str, request: Request, state: StateDep) -> HTMLResponse:
+    try:
+        public_id = state.links.read_preferences(token)
+    except InvalidToken:
+        return state.invalid_link(request)
+    async with state.sessionmaker() as session:
+        subscriber = await store.subscriber_by_public_id(session, public_id)
+    if subscriber is None:
+        return state.invalid_link(request)
+    return _preferences_page(state, request, token, subscriber)
+
+
+@router.post("/preferences/{token}", response_model=None)
+async def save_preferences(token: str, request: Request, state: StateDep) -> Response:
+    as_json = is_json(request)
+    try:
+        public_id = state.links.read_preferences(token)
+    except InvalidToken:
+        return state.invalid_link(request)
+    try:
+        data = await read_body(request)
+    except BadBody as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+    if not as_json:
+        # An unticked check box sends nothing: from the form, no channel means none.
+        data.setdefault("channels", [])
+        data.setdefault("themes", [])
+    try:
+        update = parse(PreferencesUpdate, data)
+    except RequestValidationError as exc:
+        if as_json:
+            raise
+        async with state.sessionmaker() as session:
+            subscriber = await store.subscriber_by_public_id(session, public_id)
+        if subscriber is None:
+            return state.invalid_link(request)
+        return _preferences_page(
+            state, request, token, subscriber, 422, errors=errors_by_field(exc)
+        )
+    async with state.unit_of_work() as session:
+        subscriber = await store.subscriber_by_public_id(session, public_id, for_update=True)
+        awaiting: list[str] = []
+        if subscriber is not None:
+            awaiting = list(
+                await update_preferences(
+                    session=session,
+                    links=state.links,
+                    subscriber=subscriber,
+                    update=update,
+                    origin=state.origin(request),
+                )
+            )
+    if subscriber is None:
+        return state.invalid_link(request)
+    if as_json:
+        return JSONResponse(_preferences_json(subscriber, awaiting))
+    return _preferences_page(state, request, token, subscriber, saved=True, awaiting=awaiting)
+
+
+# ---- the action page and reports ---------------------------------------------------------------
+
+
+async def _load_recipient(
+    state: ServiceState, token: str
+) -> tuple[ActionRecipient, KnownAction, Subscriber] | None:
+    try:
+        recipient_id = state.links.read_act(token)
+    except InvalidToken:
+        return None
+    async with state.sessionmaker() as session:
+        row = (
+            await session.execute(
+                select(ActionRecipient, KnownAction, Subscriber)
+                .join(KnownAction, KnownAction.id == ActionRecipient.action_id)
+                .join(Subscriber, Subscriber.id == ActionRecipient.subscriber_id)
+                .where(ActionRecipient.id == recipient_id)
+            )
+        ).one_or_none()
+    if row is None:
+        return None
+    return row[0], row[1], row[2]
+
+
+async def _updates(state: ServiceState, action: KnownAction, language: str) -> list[dict[str, str]]:
+    async with state.sessionmaker() as session:
+        updates = (
+            await session.execute(
+                select(ActionUpdate)
+                .where(ActionUpdate.action_id == action.id)
+                .order_by(ActionUpdate.created_at)
+            )
+        ).scalars()
+        shown: list[dict[str, str]] = []
+        for update in updates:
+            chosen = content_language(language, update.content, update.default_language)
+            text = update.content.get(chosen) or next(iter(update.content.values()), None)
+            if text:
+                shown.append(
+                    {
+                        "subject": str(text.get("subject", "")),
+                        "body_html": render_markdown(str(text.get("body", ""))),
+                    }
+                )
+    return shown
+
+
+async def _action_page(
+    state: ServiceState,
+    request: Request,
+    token: str,
+    action: KnownAction,
+    subscriber: Subscriber,
+    *,
+    status: int = 200,
+    errors: dict[str, str] | None = None,
+) -> HTMLResponse:
+    language = content_language(subscriber.language, action.content, action.default_language)
+    content: dict[str, Any] = action.content.get(language) or next(
+        iter(action.content.values()), {}
+    )
+    context = {
+        "lang": language,
+        "action": action,
+        "content": content,
+        "body_html": render_markdown(str(content.get("body", ""))),
+        "updates": await _updates(state, action, language),
+        "outcome_text": OUTCOME_TEXT.get(action.outcome or "", ""),
+        "report_id": uuid.uuid4(),
+        "reported": request.query_params.get("reported") == "1",
+        "action_url": f"/act/{token}",
+        "errors": errors or {},
+    }
+    return state.page(request, "act.html", context, status)
+
+
+@router.get("/act/{token}", response_class=HTMLResponse)
+async def action_page(token: str, request: Request, state: StateDep) -> HTMLResponse:
+    found = await _load_recipient(state, token)
+    if found is None:
+        return state.invalid_link(request)
+    _, action, subscriber = found
+    return await _action_page(state, request, token, action, subscriber)
+
+
+@router.post("/act/{token}", response_model=None)
+async def report_action(token: str, request: Request, state: StateDep) -> Response:
+    """Count what the subscriber did; a closed action still takes reports."""
+    as_json = is_json(request)
+    found = await _load_recipient(state, token)
+    if found is None:
+        if as_json:
+            return JSONResponse({"detail": "unknown or invalid link"}, status_code=404)
+        return state.invalid_link(request)
+    recipient, action, subscriber = found
+    try:
+        data = await read_body(request)
+    except BadBody as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+    try:
+        report = parse(ReportCreate, data)
+    except RequestValidationError as exc:
+        if as_json:
+            raise
+        return await _action_page(
+            state, request, token, action, subscriber, status=422, errors=errors_by_field(exc)
+        )
+    report_id = report.report_id or uuid.uuid4()
+    recorded = False
+    try:
+        async with state.unit_of_work() as session:
+            recorded = await record_response(
+                session=session,
+                recipient=recipient,
+                subscriber=subscriber,
+                report_id=report_id,
+                kind=report.kind,
+                count=report.count,
+                source="page",
+            )
+    except IntegrityError:
+        # The report id was already taken by another message: treat it as a duplicate.
+        recorded = False
+    if as_json:
+        return JSONResponse(
+            {"status": "recorded" if recorded else "duplicate", "report_id": str(report_id)},
+            status_code=202,
+        )
+    return RedirectResponse(f"/act/{token}?reported=1#report", status_code=303)

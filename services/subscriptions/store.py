@@ -1,0 +1,94 @@
+"""Queries the service functions share. None of them commits: the caller's unit of work does."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import delete, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.subscriptions.models import Base, Subscriber, Suppression
+from shared.db import utcnow
+
+
+def is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+async def insert_or_ignore(
+    session: AsyncSession, model: type[Base], values: dict[str, Any] | Sequence[dict[str, Any]]
+) -> int:
+    """Insert unless a unique key already holds the row; returns how many rows were inserted.
+
+    Used where two requests (or two processes) may race to record the same thing.
+    """
+    rows = [values] if isinstance(values, dict) else list(values)
+    if not rows:
+        return 0
+    insert = pg_insert if is_postgres(session) else sqlite_insert
+    statement = insert(model).values(rows).on_conflict_do_nothing()
+    result = await session.execute(statement)
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def subscriber_by_public_id(
+    session: AsyncSession, public_id: uuid.UUID, *, for_update: bool = False
+) -> Subscriber | None:
+    query = select(Subscriber).where(Subscriber.public_id == public_id)
+    if for_update and is_postgres(session):
+        query = query.with_for_update()
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def subscriber_by_phone(session: AsyncSession, phone: str) -> Subscriber | None:
+    query = select(Subscriber).where(Subscriber.phone == phone)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def subscribers_by_address(
+    session: AsyncSession, *, email: str | None, phone: str | None
+) -> list[Subscriber]:
+    conditions = []
+    if email is not None:
+        conditions.append(Subscriber.email == email)
+    if phone is not None:
+        conditions.append(Subscriber.phone == phone)
+    if not conditions:
+        return []
+    query = select(Subscriber).where(or_(*conditions)).order_by(Subscriber.id)
+    return list((await session.execute(query)).scalars())
+
+
+async def suppression_of(session: AsyncSession, address: str) -> Suppression | None:
+    query = select(Suppression).where(Suppression.address == address)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def suppressed_among(session: AsyncSession, addresses: Iterable[str]) -> set[str]:
+    wanted = sorted(set(addresses))
+    if not wanted:
+        return set()
+    query = select(Suppression.address).where(Suppression.address.in_(wanted))
+    return set((await session.execute(query)).scalars())
+
+
+async def suppress(session: AsyncSession, *, channel: str, address: str, reason: str) -> None:
+    """Record that an address must not be contacted; the first reason recorded stays."""
+    await insert_or_ignore(
+        session,
+        Suppression,
+        {"channel": channel, "address": address, "reason": reason, "at": utcnow()},
+    )
+
+
+async def lift_suppression(
+    session: AsyncSession, address: str, *, reasons: Iterable[str] | None = None
+) -> None:
+    statement = delete(Suppression).where(Suppression.address == address)
+    if reasons is not None:
+        statement = statement.where(Suppression.reason.in_(list(reasons)))
+    await session.execute(statement)

@@ -1,0 +1,249 @@
+"""Subscribers, their consent and their preferences.
+
+Every function takes the caller's session and does not commit; the route or handler that called it
+owns the transaction (and wakes the outbox relay after the commit).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.subscriptions import store
+from services.subscriptions.links import ChannelRef, Links
+from services.subscriptions.models import (
+    CONFIRMED,
+    PENDING,
+    UNSUBSCRIBED,
+    Consent,
+    ConsentSource,
+    Outbox,
+    Subscriber,
+    SuppressionReason,
+)
+from services.subscriptions.schemas import PreferencesUpdate, SubscriberCreate
+from shared.db import outbox_row, utcnow
+from shared.events import Channel, TransactionalMessage
+
+log = logging.getLogger(__name__)
+
+CHANNELS: tuple[Channel, ...] = ("email", "sms")
+# At most this many confirmation messages per subscriber and hour: a sign-up form must not be a
+# way to flood someone's inbox or phone.
+CONFIRMATIONS_PER_HOUR = 3
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a change came from, for the consent record."""
+
+    source: ConsentSource
+    client_address: str | None = None
+
+
+def record_consent(
+    session: AsyncSession, subscriber: Subscriber, channel: Channel, event: str, origin: Origin
+) -> None:
+    session.add(
+        Consent(
+            subscriber_id=subscriber.id,
+            channel=channel,
+            event=event,
+            source=origin.source,
+            at=utcnow(),
+            client_address=origin.client_address,
+        )
+    )
+
+
+def _take_confirmation_allowance(subscriber: Subscriber, now: datetime) -> bool:
+    start = subscriber.confirmations_window_start
+    if start is None or now - start >= timedelta(hours=1):
+        subscriber.confirmations_window_start = now
+        subscriber.confirmations_in_window = 0
+    if subscriber.confirmations_in_window >= CONFIRMATIONS_PER_HOUR:
+        return False
+    subscriber.confirmations_in_window += 1
+    return True
+
+
+async def request_confirmation(
+    session: AsyncSession, links: Links, subscriber: Subscriber, channel: Channel
+) -> bool:
+    """Ask the dispatcher to send the confirmation for one channel; False if it was not sent
+    (too many lately, or the address must not be contacted)."""
+    address = subscriber.address(channel)
+    if address is None:
+        return False
+    suppression = await store.suppression_of(session, address)
+    # A number that said STOP gets nothing until START (it will not reach them anyway), and a
+    # mailbox that bounced for good is not worth a message. An address that merely unsubscribed
+    # may sign up again: the confirmation is what proves it is really them.
+    if suppression is not None and (channel == "sms" or suppression.reason == "hard_bounce"):
+        return False
+    if not _take_confirmation_allowance(subscriber, utcnow()):
+        return False
+    if channel == "email":
+        message = TransactionalMessage(
+            template="confirm_email",
+            channel="email",
+            to=address,
+            language=subscriber.language,
+            context={
+                "name": subscriber.name,
+                "confirm_url": links.confirm(subscriber.public_id, "email"),
+            },
+            unsubscribe_url=links.unsubscribe(subscriber.public_id, "email"),
+        )
+    else:
+        message = TransactionalMessage(
+            template="confirm_sms", channel="sms", to=address, language=subscriber.language
+        )
+    session.add(outbox_row(Outbox, message))
+    return True
+
+
+async def sign_up(
+    *, session: AsyncSession, links: Links, sign_up: SubscriberCreate, origin: Origin
+) -> None:
+    """A new subscriber, pending on the channels they asked for, and the confirmations.
+
+    For an address we already know nothing about the subscriber changes (the caller cannot
+    prove who they are); a channel still waiting for confirmation gets it again.
+    """
+    wanted = sign_up.wanted_channels
+    existing = await store.subscribers_by_address(session, email=sign_up.email, phone=sign_up.phone)
+    if existing:
+        for subscriber in existing:
+            for channel in wanted:
+                given = sign_up.email if channel == "email" else sign_up.phone
+                if given is not None and subscriber.address(channel) == given:
+                    await _ask_again(session, links, subscriber, channel, origin)
+        return
+    subscriber = Subscriber(
+        public_id=uuid.uuid4(),
+        email=sign_up.email,
+        phone=sign_up.phone,
+        name=sign_up.name,
+        country=sign_up.country,
+        language=sign_up.language,
+        timezone=sign_up.timezone or "UTC",
+        themes=list(sign_up.themes),
+        frequency=sign_up.frequency,
+        email_status=PENDING if "email" in wanted else None,
+        sms_status=PENDING if "sms" in wanted else None,
+        confirmations_in_window=0,
+    )
+    session.add(subscriber)
+    await session.flush()
+    for channel in wanted:
+        record_consent(session, subscriber, channel, "given", origin)
+        await request_confirmation(session, links, subscriber, channel)
+    log.info("subscriber signed up", extra={"subscriber": str(subscriber.public_id)})
+
+
+async def _ask_again(
+    session: AsyncSession, links: Links, subscriber: Subscriber, channel: Channel, origin: Origin
+) -> None:
+    status = subscriber.channel_status(channel)
+    if status == CONFIRMED:
+        return
+    if status != PENDING:
+        # Signing up again after leaving: consent is given anew, and confirmed by the link.
+        subscriber.set_channel_status(channel, PENDING)
+        record_consent(session, subscriber, channel, "given", origin)
+    await request_confirmation(session, links, subscriber, channel)
+
+
+ConfirmOutcome = Literal["confirmed", "already_confirmed", "not_pending", "unknown"]
+
+
+async def confirm_channel(
+    *, session: AsyncSession, ref: ChannelRef, origin: Origin
+) -> ConfirmOutcome:
+    subscriber = await store.subscriber_by_public_id(session, ref.subscriber, for_update=True)
+    if subscriber is None or subscriber.address(ref.channel) is None:
+        return "unknown"
+    status = subscriber.channel_status(ref.channel)
+    if status == CONFIRMED:
+        return "already_confirmed"
+    if status != PENDING:
+        # An old link clicked after unsubscribing does not sign them up again.
+        return "not_pending"
+    mark_confirmed(session, subscriber, ref.channel, origin)
+    address = subscriber.address(ref.channel)
+    if address is not None:
+        # They just proved the address works and that they want our messages.
+        await store.lift_suppression(session, address)
+    return "confirmed"
+
+
+def mark_confirmed(
+    session: AsyncSession, subscriber: Subscriber, channel: Channel, origin: Origin
+) -> None:
+    subscriber.set_channel_status(channel, CONFIRMED)
+    record_consent(session, subscriber, channel, "confirmed", origin)
+
+
+async def unsubscribe(
+    *,
+    session: AsyncSession,
+    subscriber: Subscriber,
+    channel: Channel,
+    origin: Origin,
+    reason: SuppressionReason = "unsubscribed",
+) -> None:
+    """Stop a channel for good (idempotent); the address is suppressed so nothing slips out."""
+    address = subscriber.address(channel)
+    if address is None:
+        return
+    if subscriber.channel_status(channel) != UNSUBSCRIBED:
+        subscriber.set_channel_status(channel, UNSUBSCRIBED)
+        record_consent(session, subscriber, channel, "withdrawn", origin)
+    await store.suppress(session, channel=channel, address=address, reason=reason)
+
+
+async def update_preferences(
+    *,
+    session: AsyncSession,
+    links: Links,
+    subscriber: Subscriber,
+    update: PreferencesUpdate,
+    origin: Origin,
+) -> list[Channel]:
+    """Apply the preference centre; returns channels that now wait for a confirmation."""
+    if update.themes is not None:
+        subscriber.themes = list(update.themes)
+    if update.language is not None:
+        subscriber.language = update.language
+    if update.timezone is not None:
+        subscriber.timezone = update.timezone
+    if update.frequency is not None:
+        subscriber.frequency = update.frequency
+    if update.name is not None:
+        subscriber.name = update.name
+    awaiting: list[Channel] = []
+    if update.channels is None:
+        return awaiting
+    for channel in CHANNELS:
+        if subscriber.address(channel) is None:
+            continue
+        status = subscriber.channel_status(channel)
+        if channel in update.channels and status in (None, UNSUBSCRIBED):
+            # Turning a channel back on needs the owner of the address to confirm it.
+            subscriber.set_channel_status(channel, PENDING)
+            record_consent(session, subscriber, channel, "given", origin)
+            await request_confirmation(session, links, subscriber, channel)
+            awaiting.append(channel)
+        elif channel in update.channels and status == PENDING:
+            awaiting.append(channel)
+        elif channel not in update.channels and status in (PENDING, CONFIRMED):
+            await unsubscribe(
+                session=session, subscriber=subscriber, channel=channel, origin=origin
+            )
+    return awaiting

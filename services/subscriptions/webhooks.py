@@ -1,0 +1,60 @@
+"""``POST /webhooks/twilio/sms``: inbound SMS from Twilio, answered with TwiML."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from twilio.twiml.messaging_response import MessagingResponse
+
+from services.subscriptions.inbound_sms import handle_inbound_sms
+from services.subscriptions.web import StateDep
+from shared.twilio_signature import twilio_signature_valid
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+TWIML = "application/xml"
+
+
+def twiml(text: str | None) -> Response:
+    answer = MessagingResponse()
+    if text:
+        answer.message(text)
+    return Response(str(answer.to_xml()), media_type=TWIML)
+
+
+@router.post("/webhooks/twilio/sms", response_model=None)
+async def inbound_sms(request: Request, state: StateDep) -> Response:
+    settings = state.settings
+    try:
+        form = await request.form()
+    except Exception:  # noqa: BLE001 - not a form: cannot be Twilio
+        return Response("forbidden", status_code=403, media_type="text/plain")
+    token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else ""
+    valid = bool(token) and twilio_signature_valid(
+        auth_token=token,
+        url=f"{settings.public_url}/webhooks/twilio/sms",
+        form=form,
+        signature=request.headers.get("x-twilio-signature"),
+    )
+    if not valid:
+        log.warning("inbound sms with a bad or missing signature")
+        return Response("forbidden", status_code=403, media_type="text/plain")
+    sender = str(form.get("From") or "")
+    body = str(form.get("Body") or "")
+    message_sid = str(form.get("MessageSid") or "") or None
+    if not sender:
+        return twiml(None)
+    async with state.unit_of_work() as session:
+        reply = await handle_inbound_sms(
+            session=session, sender=sender, body=body, message_sid=message_sid
+        )
+    if reply is None:
+        return twiml(None)
+    text = state.sms_texts.get_template(reply.template).render(
+        public_url=settings.public_url, **reply.context
+    )
+    return twiml(text.strip())

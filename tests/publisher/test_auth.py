@@ -1,0 +1,95 @@
+"""Bearer tokens and roles: 401 without a valid token, 403 for the wrong role."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from services.publisher.auth import create_api_token, revoke_api_token
+from services.publisher.models import ApiToken
+from tests.publisher.conftest import Api, sample_action
+
+ID = str(uuid.uuid4())
+WRITES: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("post", "/api/v1/actions", sample_action()),
+    ("patch", f"/api/v1/actions/{ID}", {"title": "x"}),
+    ("post", f"/api/v1/actions/{ID}/publish", None),
+    ("post", f"/api/v1/actions/{ID}/updates", {"kind": "further_information", "content": {}}),
+    ("post", f"/api/v1/actions/{ID}/close", {"outcome": "released"}),
+]
+READS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("get", "/api/v1/actions", None),
+    ("get", f"/api/v1/actions/{ID}", None),
+    ("get", f"/api/v1/actions/{ID}/stats", None),
+    ("get", f"/api/v1/actions/{ID}/stats.csv", None),
+    ("get", f"/api/v1/actions/{ID}/stats/stream", None),
+]
+
+
+async def _call(
+    api: Api, method: str, path: str, body: dict[str, Any] | None, headers: dict[str, str]
+) -> int:
+    kwargs: dict[str, Any] = {"headers": headers}
+    if body is not None:
+        kwargs["json"] = body
+    response = await getattr(api.client, method)(path, **kwargs)
+    status: int = response.status_code
+    if status == 401:
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    return status
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "Bearer uat_not-a-real-token"},
+        {"Authorization": "Bearer something-else"},
+    ],
+)
+async def test_no_valid_token_is_401(sqlite_api: Api, headers: dict[str, str]) -> None:
+    for method, path, body in WRITES + READS:
+        assert await _call(sqlite_api, method, path, body, headers) == 401, (method, path)
+
+
+async def test_roles(sqlite_api: Api) -> None:
+    for method, path, body in WRITES:
+        assert await _call(sqlite_api, method, path, body, sqlite_api.auth("coordinator")) == 403
+        assert await _call(sqlite_api, method, path, body, sqlite_api.auth("staff")) != 403
+        assert await _call(sqlite_api, method, path, body, sqlite_api.auth("admin")) != 403
+    for method, path, body in READS:
+        # Read literally: staff write, coordinators read.
+        assert await _call(sqlite_api, method, path, body, sqlite_api.auth("staff")) == 403
+        assert await _call(sqlite_api, method, path, body, sqlite_api.auth("coordinator")) != 403
+        assert await _call(sqlite_api, method, path, body, sqlite_api.auth("admin")) != 403
+
+
+async def test_only_a_hash_is_stored_and_revoked_tokens_stop_working(sqlite_api: Api) -> None:
+    sessionmaker = sqlite_api.app.state.runtime.sessionmaker
+    token = await create_api_token(sessionmaker, role="coordinator", name="dashboard")
+    assert token.startswith("uat_") and len(token) > 40
+    async with sessionmaker() as session:
+        row = (
+            await session.execute(select(ApiToken).where(ApiToken.name == "dashboard"))
+        ).scalar_one()
+    assert row.token_hash == hashlib.sha256(token.encode()).hexdigest()
+    assert token not in (row.token_hash, row.name)
+
+    headers = {"Authorization": f"Bearer {token}"}
+    assert (await sqlite_api.client.get("/api/v1/actions", headers=headers)).status_code == 200
+    assert await revoke_api_token(sessionmaker, name="dashboard") == 1
+    assert (await sqlite_api.client.get("/api/v1/actions", headers=headers)).status_code == 401
+
+
+async def test_token_needs_a_known_role_and_a_name(sqlite_api: Api) -> None:
+    sessionmaker = sqlite_api.app.state.runtime.sessionmaker
+    with pytest.raises(ValueError):
+        await create_api_token(sessionmaker, role="root", name="x")
+    with pytest.raises(ValueError):
+        await create_api_token(sessionmaker, role="staff", name="  ")

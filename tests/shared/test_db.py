@@ -1,0 +1,194 @@
+"""shared.db on SQLite and PostgreSQL: the outbox relay against the real broker, the
+processed-message log, and timezone-aware datetimes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Integer, select
+from sqlalchemy.exc import StatementError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared import events
+from shared.db import (
+    OutboxMixin,
+    OutboxRelay,
+    ProcessedMessageMixin,
+    UTCDateTime,
+    already_processed,
+    make_engine,
+    make_sessionmaker,
+    outbox_row,
+    transaction,
+)
+from shared.messaging import Broker
+from tests.shared.conftest import TEST_QUEUES, WORK, Recorder, TcpProxy, erased, eventually
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Outbox(OutboxMixin, Base):
+    __service__ = "shtest"
+
+
+class Processed(ProcessedMessageMixin, Base):
+    __service__ = "shtest"
+
+
+class Stamp(Base):
+    __tablename__ = "shtest_stamp"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+@pytest.fixture
+async def db(
+    database_url: Callable[[str], str],
+) -> AsyncIterator[tuple[AsyncEngine, async_sessionmaker[AsyncSession]]]:
+    engine = make_engine(database_url("shtest"))
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    try:
+        yield engine, make_sessionmaker(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _published(sessionmaker: async_sessionmaker[AsyncSession]) -> dict[str, bool]:
+    async with sessionmaker() as session:
+        rows = (await session.execute(select(Outbox))).scalars().all()
+        return {row.id: row.published_at is not None for row in rows}
+
+
+async def test_relay_publishes_committed_rows_in_order_and_marks_them(
+    db: tuple[AsyncEngine, async_sessionmaker[AsyncSession]], broker: Broker
+) -> None:
+    _, sessionmaker = db
+    recorder = Recorder()
+    await broker.consume(WORK.name, recorder, [events.SubscriberErased], prefetch=50)
+
+    first = [erased() for _ in range(30)]
+    async with transaction(sessionmaker) as session:
+        session.add_all([outbox_row(Outbox, e) for e in first])
+    # A transaction that rolls back: its rows never exist, so never go out.
+    doomed = [erased() for _ in range(3)]
+    with pytest.raises(RuntimeError):
+        async with transaction(sessionmaker) as session:
+            session.add_all([outbox_row(Outbox, e) for e in doomed])
+            await session.flush()
+            raise RuntimeError("the state change failed")
+    second = [erased() for _ in range(5)]
+    async with transaction(sessionmaker) as session:
+        session.add_all([outbox_row(Outbox, e) for e in second])
+
+    relay = OutboxRelay(sessionmaker, Outbox, broker, batch_size=8)
+    relay.start()
+    relay.notify()
+    try:
+        expected = [str(e.message_id) for e in first + second]
+        await eventually(lambda: len(recorder.got) >= len(expected))
+        assert recorder.ids() == expected
+        assert [m for m, _ in recorder.got] == first + second
+        published = await _published(sessionmaker)
+        assert set(published) == set(expected)
+        assert all(published.values())
+        # Nothing more goes out: published rows are not published again.
+        assert await relay.relay_once() == 0
+    finally:
+        await relay.stop()
+    assert not set(recorder.ids()) & {str(e.message_id) for e in doomed}
+
+
+async def test_relay_keeps_rows_while_the_broker_is_away_and_publishes_them_later(
+    db: tuple[AsyncEngine, async_sessionmaker[AsyncSession]], broker: Broker, amqp_url: str
+) -> None:
+    _, sessionmaker = db
+    recorder = Recorder()
+    await broker.consume(WORK.name, recorder, [events.SubscriberErased])
+
+    proxy = TcpProxy()
+    await proxy.start()
+    away = Broker(
+        proxy.url(amqp_url, reconnect_interval="0.2"), name="uanet-test-relay", queues=TEST_QUEUES
+    )
+    await away.connect()
+    relay = OutboxRelay(sessionmaker, Outbox, away, poll_interval=0.1)
+    try:
+        await proxy.stop()  # the broker is unreachable from here on
+        await eventually(lambda: not away.connected, timeout=10)
+        pending = [erased() for _ in range(4)]
+        async with transaction(sessionmaker) as session:
+            session.add_all([outbox_row(Outbox, e) for e in pending])
+        # A relay pass while the broker is away fails and leaves every row pending.
+        with pytest.raises(Exception):  # noqa: B017 - whatever aio-pika raises
+            await asyncio.wait_for(relay.relay_once(), timeout=15)
+        assert not any((await _published(sessionmaker)).values())
+
+        relay.start()
+        await proxy.start()  # the broker is back (same port)
+        await eventually(lambda: len(recorder.got) >= len(pending), timeout=30)
+        assert recorder.ids() == [str(e.message_id) for e in pending]
+        await eventually(lambda: _all_published(sessionmaker), timeout=10)
+    finally:
+        await relay.stop()
+        await away.close()
+        await proxy.stop()
+
+
+async def _all_published(sessionmaker: async_sessionmaker[AsyncSession]) -> bool:
+    return all((await _published(sessionmaker)).values())
+
+
+async def test_already_processed_says_true_the_second_time(
+    db: tuple[AsyncEngine, async_sessionmaker[AsyncSession]],
+) -> None:
+    _, sessionmaker = db
+    event = erased()
+    async with transaction(sessionmaker) as session:
+        assert await already_processed(session, Processed, event.message_id) is False
+    async with transaction(sessionmaker) as session:
+        assert await already_processed(session, Processed, event.message_id) is True
+        assert await already_processed(session, Processed, str(event.message_id)) is True
+    # A handler that failed (rolled back) did not mark the message as processed.
+    other = erased()
+    with pytest.raises(RuntimeError):
+        async with transaction(sessionmaker) as session:
+            assert await already_processed(session, Processed, other.message_id) is False
+            raise RuntimeError("handler failed")
+    async with transaction(sessionmaker) as session:
+        assert await already_processed(session, Processed, other.message_id) is False
+
+
+async def test_utc_datetime_round_trips_aware_datetimes_on_sqlite(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'stamp.db'}")
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    sessionmaker = make_sessionmaker(engine)
+    try:
+        utc = datetime(2024, 3, 31, 0, 30, 15, 123456, tzinfo=UTC)
+        kolkata = datetime(2024, 3, 31, 6, 0, 15, 123456, tzinfo=timezone(timedelta(hours=5.5)))
+        async with transaction(sessionmaker) as session:
+            session.add_all([Stamp(id=1, at=utc), Stamp(id=2, at=kolkata)])
+        async with sessionmaker() as session:
+            one, two = (await session.execute(select(Stamp).order_by(Stamp.id))).scalars().all()
+        assert one.at == utc and one.at.tzinfo is not None
+        assert one.at.utcoffset() == timedelta(0)
+        assert two.at == kolkata == utc  # the same instant, given back in UTC
+        assert two.at.utcoffset() == timedelta(0)
+        # Ordering and comparison in SQL work across offsets (all stored as UTC).
+        async with sessionmaker() as session:
+            later = utc + timedelta(microseconds=1)
+            found = (await session.execute(select(Stamp.id).where(Stamp.at < later))).all()
+        assert sorted(r[0] for r in found) == [1, 2]
+        with pytest.raises(StatementError, match="naive"):
+            async with transaction(sessionmaker) as session:
+                session.add(Stamp(id=3, at=datetime(2024, 1, 1)))
+    finally:
+        await engine.dispose()

@@ -1,0 +1,86 @@
+"""The robust connection: after the broker drops every connection, consumers and publishers
+go on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from shared import events
+from shared.messaging import Broker
+from tests.shared.conftest import (
+    TEST_QUEUES,
+    WORK,
+    Recorder,
+    erased,
+    eventually,
+    rabbitmqctl,
+    vhost_of,
+)
+
+
+async def _consumers(amqp_url: str, queue: str) -> int:
+    out = await asyncio.to_thread(
+        rabbitmqctl,
+        "list_queues",
+        "-p",
+        vhost_of(amqp_url),
+        "--formatter",
+        "json",
+        "name",
+        "consumers",
+    )
+    return int(next(row["consumers"] for row in json.loads(out) if row["name"] == queue))
+
+
+async def _connections(amqp_url: str) -> int:
+    out = await asyncio.to_thread(
+        rabbitmqctl, "list_connections", "--formatter", "json", "vhost", "state"
+    )
+    vhost = vhost_of(amqp_url)
+    return sum(1 for row in json.loads(out) if row["vhost"] == vhost and row["state"] == "running")
+
+
+async def test_consumer_and_publisher_survive_the_broker_closing_connections(
+    broker: Broker, amqp_url: str
+) -> None:
+    recorder = Recorder()
+    await broker.consume(WORK.name, recorder, [events.SubscriberErased], prefetch=5)
+    # A second process publishing, as a service publishes another service's events.
+    publisher = Broker(amqp_url, name="uanet-test-publisher", queues=TEST_QUEUES)
+    await publisher.connect()
+    try:
+        before = erased()
+        await publisher.publish_event(before)
+        await eventually(lambda: recorder.got)
+        assert await _connections(amqp_url) == 2
+
+        # Only this test's vhost: other test runs on the broker are left alone.
+        await asyncio.to_thread(
+            rabbitmqctl, "close_all_connections", "-p", vhost_of(amqp_url), "test"
+        )
+        await eventually(lambda: not broker.connected, timeout=5, interval=0.01)
+
+        after = erased()
+
+        async def publish() -> bool:
+            try:
+                await publisher.publish_event(after)
+            except Exception:  # noqa: BLE001 - still reconnecting
+                return False
+            return True
+
+        await eventually(publish, timeout=30, interval=0.2)
+        await eventually(lambda: len(recorder.got) == 2, timeout=30)
+        assert recorder.ids() == [str(before.message_id), str(after.message_id)]
+        assert broker.connected and publisher.connected
+        # The consumer was restored once, not lost and not doubled.
+        assert await _consumers(amqp_url, WORK.name) == 1
+        assert await _connections(amqp_url) == 2
+
+        # And the consuming side's own publishes (retries, dead letters) work too.
+        third = erased()
+        await broker.publish_event(third)
+        await eventually(lambda: len(recorder.got) == 3)
+    finally:
+        await publisher.close()

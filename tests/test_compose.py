@@ -1,0 +1,171 @@
+"""docker-compose.yml and the Dockerfile (never run here: no Docker engine) agree with the code:
+every service present, every UANET_* variable a real setting, every value valid, ports matching."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from shared.settings import SERVICES, Settings, SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+# What an operator exports before `docker compose up` (the `${VAR:?…}` ones).
+OPERATOR_ENV = {
+    "POSTGRES_PASSWORD": "pg-secret",
+    "RABBITMQ_PASSWORD": "mq-secret",
+    "UANET_SECRET_KEY": "a-long-random-secret",
+}
+UANET_SERVICES = (*SERVICES, "migrate")
+
+_VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}`` (enough for this file)."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match["name"], match["op"], match["arg"] or ""
+        given = env.get(name)
+        if op in (":-", "-"):
+            return given if given else arg
+        if op in (":?", "?"):
+            if not given:
+                raise AssertionError(f"{name} is required: {arg}")
+            return given
+        return given or ""
+
+    return _VARIABLE.sub(one, value.replace("$$", "\0")).replace("\0", "$")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return loaded
+
+
+def environment(compose: dict[str, Any], service: str) -> dict[str, str]:
+    env = compose["services"][service].get("environment", {})
+    assert isinstance(env, dict), f"{service}: use the mapping form of environment"
+    return {key: interpolate(str(value), OPERATOR_ENV) for key, value in env.items()}
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    fields = {k.removeprefix("UANET_").lower(): v for k, v in env.items() if k.startswith("UANET_")}
+    return load_settings(**fields)
+
+
+def test_every_service_is_there(compose: dict[str, Any]) -> None:
+    expected = {"rabbitmq", "postgres", "mailpit", "migrate", *SERVICES}
+    assert expected <= set(compose["services"])
+    assert compose["services"]["rabbitmq"]["image"].startswith("rabbitmq:3-management")
+    assert compose["services"]["postgres"]["image"] == "postgres:16"
+    assert compose["services"]["mailpit"]["image"].startswith("axllent/mailpit")
+    assert compose["services"]["dispatcher"]["deploy"]["replicas"] == 2
+
+
+def test_every_uanet_variable_is_a_setting() -> None:
+    used = set(re.findall(r"\bUANET_[A-Z0-9_]+", COMPOSE.read_text()))
+    assert used, "the compose file configures the services through UANET_* variables"
+    unknown = {
+        name for name in used if name.removeprefix("UANET_").lower() not in Settings.model_fields
+    }
+    assert not unknown, f"not settings: {sorted(unknown)}"
+
+
+def test_the_secret_key_must_be_given() -> None:
+    text = COMPOSE.read_text()
+    assert re.search(r"UANET_SECRET_KEY: \$\{UANET_SECRET_KEY:\?[^}]+\}", text)
+    with pytest.raises(AssertionError, match="UANET_SECRET_KEY"):
+        interpolate("${UANET_SECRET_KEY:?set it}", {})
+
+
+@pytest.mark.parametrize("service", UANET_SERVICES)
+def test_each_service_environment_is_valid(compose: dict[str, Any], service: str) -> None:
+    env = environment(compose, service)
+    try:
+        settings = settings_of(env)
+    except SettingsError as exc:
+        pytest.fail(f"{service}: {exc}")
+    needs = SERVICES if service == "migrate" else (service,)
+    for name in needs:
+        url = settings.database_url(name)
+        assert url.startswith("postgresql+asyncpg://"), f"{service}: {name} database is {url}"
+        assert urlsplit(url).hostname == "postgres"
+    if service != "migrate":
+        settings.require_secret()
+        assert settings.smtp_host == "mailpit" and settings.smtp_port == 1025
+        assert urlsplit(settings.amqp_url).hostname == "rabbitmq"
+        assert not settings.twilio_enabled  # no SMS unless the operator gives an account
+
+
+def test_one_database_per_service_and_postgres_creates_them(compose: dict[str, Any]) -> None:
+    settings = settings_of(environment(compose, "migrate"))
+    names = {urlsplit(settings.database_url(s)).path.lstrip("/") for s in SERVICES}
+    assert len(names) == len(SERVICES)
+    init_sql = compose["configs"]["create-databases"]["content"]
+    created = set(re.findall(r"CREATE DATABASE (\w+);", init_sql))
+    assert names <= created
+    mounted = compose["services"]["postgres"]["configs"][0]
+    assert mounted["target"].startswith("/docker-entrypoint-initdb.d/")
+    # The services' own URLs point at the same databases as migrate's.
+    for service in SERVICES:
+        own = settings_of(environment(compose, service)).database_url(service)
+        assert own == settings.database_url(service)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_ports_and_healthchecks_match_the_settings(compose: dict[str, Any], service: str) -> None:
+    port = settings_of(environment(compose, service)).port(service)
+    spec = compose["services"][service]
+    container_ports = {str(p).rsplit(":", 1)[-1] for p in spec["ports"]}
+    assert container_ports == {str(port)}
+    probe = " ".join(spec["healthcheck"]["test"])
+    assert f"127.0.0.1:{port}/readyz" in probe
+    assert spec["command"] == ["serve", service]
+
+
+def test_startup_order(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in SERVICES:
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully"
+        assert depends["rabbitmq"]["condition"] == "service_healthy"
+        assert depends["postgres"]["condition"] == "service_healthy"
+    assert services["migrate"]["command"] == ["migrate"]
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for spec in services.values():
+        for dependency, condition in spec.get("depends_on", {}).items():
+            if condition["condition"] == "service_healthy":
+                assert "healthcheck" in services[dependency], f"{dependency} has no healthcheck"
+    # The project's images come from the Dockerfile at the root.
+    for name in UANET_SERVICES:
+        assert services[name]["build"]["context"] == "."
+        assert services[name]["build"]["dockerfile"] == "Dockerfile"
+
+
+def _instruction(dockerfile: str, keyword: str) -> list[str]:
+    lines = [line for line in dockerfile.splitlines() if line.startswith(f"{keyword} ")]
+    assert lines, f"Dockerfile has no {keyword}"
+    value: list[str] = json.loads(lines[-1][len(keyword) + 1 :])  # exec form only
+    return value
+
+
+def test_dockerfile_runs_uanet_as_non_root() -> None:
+    assert DOCKERFILE.exists()
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
+    assert "pip install ." in text
+    command = _instruction(text, "ENTRYPOINT") + _instruction(text, "CMD")
+    assert command[0] == "uanet"
+    assert command[1] == "serve"
+    users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
+    assert users and users[-1] not in ("root", "0")
+    assert (ROOT / ".dockerignore").exists()
