@@ -125,6 +125,21 @@ class ActionClosed(Message):
     default_language: str
 
 
+class ApiTokenIssued(Message):
+    """An API token was created (only its SHA-256 travels), so every service can check it."""
+
+    ROUTING_KEY: ClassVar[str] = "token.issued"
+    token_id: uuid.UUID
+    name: str
+    role: Literal["admin", "staff", "coordinator"]
+    token_hash: str  # hex SHA-256 of the token
+
+
+class ApiTokenRevoked(Message):
+    ROUTING_KEY: ClassVar[str] = "token.revoked"
+    token_id: uuid.UUID
+
+
 # ---- subscriptions -> publisher / dispatcher --------------------------------------------------
 
 
@@ -155,6 +170,8 @@ class Recipient(BaseModel):
     preferences_url: str | None = None
     # Standard SMS wait for local daytime; None means send at once.
     timezone: str | None = None
+    # Digest subscribers get standard actions in one email a day (urgent ones still at once).
+    frequency: Literal["immediate", "daily_digest"] = "immediate"
 
 
 class DeliveryBatch(Message):
@@ -232,6 +249,8 @@ class RecipientSuppressed(Message):
 
 
 ALL_MESSAGES: tuple[type[Message], ...] = (
+    ApiTokenIssued,
+    ApiTokenRevoked,
     ActionPublished,
     ActionUpdated,
     ActionClosed,

@@ -81,6 +81,12 @@ QUEUES: tuple[QueueSpec, ...] = (
         ),
     ),
     QueueSpec("subscriptions.suppressions", (events.RecipientSuppressed.ROUTING_KEY,)),
+    # Admin tokens are issued by the publisher (`uanet token create`); subscriptions checks them
+    # for the data-rights endpoints.
+    QueueSpec(
+        "subscriptions.tokens",
+        (events.ApiTokenIssued.ROUTING_KEY, events.ApiTokenRevoked.ROUTING_KEY),
+    ),
     QueueSpec(
         "dispatcher.actions",
         (
