@@ -7,7 +7,8 @@ import logging
 import sys
 from typing import Any
 
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# "color_message" is uvicorn's ANSI-coloured duplicate of the message.
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
