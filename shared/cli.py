@@ -12,6 +12,9 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from aiormq.exceptions import AMQPError
 
+# Typer carries its own copy of click; its usage errors are these classes.
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
 from shared.settings import SERVICES, Settings, SettingsError, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="uanet: urgent-action alerts")
@@ -178,10 +181,21 @@ def _register_optional() -> None:
 def main() -> None:
     _register_optional()
     try:
-        app()
+        # Not standalone: a usage error becomes one line here instead of click's boxed report.
+        status = app(standalone_mode=False)
+    except UsageError as exc:
+        if isinstance(exc, NoArgsIsHelpError):
+            typer.echo(exc.format_message(), err=True)
+        else:
+            typer.echo(f"uanet: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("uanet: aborted", err=True)
+        sys.exit(1)
     except SettingsError as exc:
         typer.echo(f"uanet: {exc}", err=True)
         sys.exit(2)
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 if __name__ == "__main__":
