@@ -24,7 +24,8 @@ def alembic_config(service: str, url: str) -> Config:
     return config
 
 
-def upgrade(service: str, url: str, revision: str = "head") -> None:
+def upgrade(service: str, url: str, revision: str = "heads") -> None:
+    """Upgrade to every head: features built side by side may add independent revisions."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
