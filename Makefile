@@ -25,5 +25,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy shared services devtools
 
+# Not part of `make test`: a benchmark that prints figures (see README, Performance).
+bench-fanout: $(STAMP)
+	$(BIN)/python bench/fanout.py
+
 clean:
 	rm -rf $(VENV) var test-artifacts

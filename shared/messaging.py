@@ -231,6 +231,8 @@ class Broker:
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._publish_lock = asyncio.Lock()
+        # Handlers still running (see _run_shielded); close() lets them finish first.
+        self._inflight: set[asyncio.Task[None]] = set()
 
     async def connect(self) -> None:
         connection = await aio_pika.connect_robust(
@@ -246,7 +248,10 @@ class Broker:
             raise
         self._connection, self._channel, self._exchange = connection, channel, exchange
 
-    async def close(self) -> None:
+    async def close(self, *, drain_timeout: float = 10.0) -> None:
+        if self._inflight:
+            # A graceful stop: let the handlers under way commit (bounded), then close.
+            await asyncio.wait(set(self._inflight), timeout=drain_timeout)
         if self._connection is not None:
             connection, self._connection = self._connection, None
             self._channel = None
@@ -370,7 +375,7 @@ class Broker:
                     first = exc.errors()[0]
                     where = ".".join(str(p) for p in first["loc"]) or "body"
                     raise Reject(f"malformed {routing_key}: {where}: {first['msg']}") from None
-                await handler(payload, delivery)
+                await self._run_shielded(handler(payload, delivery))
             except Reject as exc:
                 await self._settle_dead(spec, message, exc.reason)
                 return
@@ -398,6 +403,27 @@ class Broker:
             MESSAGES_CONSUMED.labels(spec.name, "requeued").inc()
             return
         MESSAGES_CONSUMED.labels(spec.name, "ok").inc()
+
+    async def _run_shielded(self, work: Awaitable[None]) -> None:
+        """Run a handler so that losing the channel does not cancel it halfway.
+
+        aiormq cancels a channel's consumer callbacks when the channel closes (a broker restart,
+        ``close_all_connections``). A handler cancelled mid-transaction can leave an SQLite write
+        lock behind, or a message accepted by SMTP but not recorded. Shielded, it finishes and
+        commits; only its ack is lost, and the redelivered message is recognised (every consumer
+        is idempotent).
+        """
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self._inflight.add(task)
+        task.add_done_callback(self._handler_done)
+        await asyncio.shield(task)
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled():
+            # Retrieved here too: if the caller was cancelled, nobody else will; the message
+            # comes back and is handled again.
+            task.exception()
 
     async def _settle_dead(
         self, spec: QueueSpec, message: AbstractIncomingMessage, reason: str

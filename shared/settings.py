@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     # Messages a second per channel and dispatcher process; 0 means no limit. SMS counts segments.
     email_rate: Rate = Decimal("200")
     sms_rate: Rate = Decimal("1")
+    # SMTP connections each dispatcher process keeps open and sends on at once.
+    smtp_concurrency: int = Field(16, ge=1, le=200)
     trusted_proxies: str = "127.0.0.1"
 
     @field_validator("amqp_url")

@@ -67,7 +67,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = ServiceRuntime("dispatcher", settings, Outbox)
-        email = email_sender or SmtpEmailSender(settings)
+        email = email_sender or SmtpEmailSender(settings, pool_size=settings.smtp_concurrency)
         sms = sms_sender or TwilioSmsSender(settings)
         dispatcher = Dispatcher(
             sessionmaker=runtime.sessionmaker,
@@ -77,6 +77,7 @@ def create_app(
             email_rate=RateLimiter(settings.email_rate),
             sms_rate=RateLimiter(settings.sms_rate),
             notify=runtime.relay.notify,
+            concurrency=settings.smtp_concurrency,
         )
         app.state.runtime = runtime
         app.state.dispatcher = dispatcher

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.utils import parseaddr
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -70,11 +71,14 @@ from shared.events import (
     UpdateContent,
 )
 from shared.messaging import Delivery as AmqpDelivery
-from shared.messaging import Reject, Retry
+from shared.messaging import Reject, Retry, queue_spec
 
 log = logging.getLogger(__name__)
 
 MESSAGE_KIND = re.compile(r"^(alert|closed|update:[0-9a-fA-F-]{36})$")
+# Tries to record outcomes that already happened before giving up on the batch.
+RECORD_ATTEMPTS = 5
+BATCH_RETRIES = queue_spec("dispatcher.batches").retry_delays
 # Twilio's final statuses and what they mean for the ledger.
 RECEIPT_STATUS = {"delivered": DELIVERED, "undelivered": FAILED, "failed": FAILED}
 # Which channel each transactional template goes by.
@@ -101,6 +105,15 @@ class _BatchContext:
     alert: UrgentActionText | None
     follow_up: FollowUpText | None
     claim: ledger.Claim
+    # For logs and the lag metric: the action's reference, the batch's message id (the
+    # delivery id that ties log lines together) and when subscriptions created the batch.
+    reference: str = ""
+    batch_id: str = ""
+    created_at: datetime | None = None
+    # Set when the action is found closed mid-batch: the claimed rest is cancelled.
+    closed: bool = False
+    # Serializes this handling's own writes to its rows (records, lease renewals).
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)
     emails: dict[tuple[str, bool, bool], PreparedEmail] = field(default_factory=dict)
 
 
@@ -114,11 +127,8 @@ class Dispatcher:
     sms_rate: RateLimiter
     # Wakes the outbox relay after a commit.
     notify: Callable[[], None] = lambda: None
-    concurrency: int = 8
-    # Results are committed every ``chunk_size`` recipients or ``flush_seconds``, whichever is
-    # first: a small crash window, and SMS ids recorded before their receipts come back.
-    chunk_size: int = 100
-    flush_seconds: float = 1.0
+    # Sends in flight per batch (the SMTP pool bounds the whole process): UANET_SMTP_CONCURRENCY.
+    concurrency: int = 16
 
     @property
     def envelope_sender(self) -> str:
@@ -242,56 +252,154 @@ class Dispatcher:
         # The claims are committed: from here a crash leaves rows ``sending`` (lease), never
         # a second copy sent by a redelivered batch.
         mine = [r for r in recipients if ledger.key_of(r) in claim.mine]
-        context = _BatchContext(action_id, kind, alert, follow_up, claim)
-        temporary = await self._send_all(context, mine)
+        context = _BatchContext(
+            action_id,
+            kind,
+            alert,
+            follow_up,
+            claim,
+            reference=action.reference,
+            batch_id=str(batch.message_id),
+            created_at=batch.occurred_at,
+        )
+        retrying = await self._send_all(context, mine)
+        temporary = sum(retrying.values())
+        log.info(
+            "batch handled",
+            extra={
+                "action": action.reference,
+                "action_id": action_id,
+                "kind": kind,
+                "batch_id": context.batch_id,
+                "attempt": delivery.attempt,
+                "claimed": len(mine),
+                "already_done": claim.done,
+                "held_elsewhere": claim.busy,
+                "temporary": temporary,
+            },
+        )
         if temporary or claim.busy:
+            if delivery.attempt >= len(BATCH_RETRIES):
+                # The broker dead-letters it now; its rows stay ``retry`` for a replay.
+                for channel, count in retrying.items():
+                    metrics.DEAD_LETTERED.labels(channel).inc(count)
             raise Retry(f"{temporary} temporary failures, {claim.busy} held elsewhere")
 
-    async def _send_all(self, context: _BatchContext, recipients: Sequence[Recipient]) -> int:
-        """Send to every claimed recipient; record outcomes in chunks; count temporary failures."""
+    async def _send_all(
+        self, context: _BatchContext, recipients: Sequence[Recipient]
+    ) -> Counter[str]:
+        """Send to every claimed recipient and record each outcome right after it; count the
+        temporary failures.
+
+        Outcomes are committed back to back (group commit): each commit takes what was accepted
+        while the previous one ran, so a crash leaves at most the sends of one commit's duration
+        accepted but still ``sending`` (the one unavoidable ambiguity), whatever the rate. The
+        rows still held keep their lease renewed until their outcome is written.
+        """
+        temporary: Counter[str] = Counter()
         if not recipients:
-            return 0
-        results: asyncio.Queue[SendOutcome] = asyncio.Queue()
+            return temporary
+        results: asyncio.Queue[SendOutcome | None] = asyncio.Queue()
         pending = iter(recipients)
 
         async def worker() -> None:
-            for recipient in pending:
-                try:
-                    outcome = await self._send_one(context, recipient)
-                except Exception:  # noqa: BLE001 - one bad recipient must not stall the batch
-                    log.exception(
-                        "sending failed unexpectedly", extra={"action_id": context.action_id}
-                    )
-                    outcome = SendOutcome(recipient, SendResult.temporary("internal"))
-                await results.put(outcome)
+            try:
+                for recipient in pending:
+                    if context.closed:
+                        break  # the action closed meanwhile: what has not gone out stays home
+                    try:
+                        outcome = await self._send_one(context, recipient)
+                    except Exception:  # noqa: BLE001 - one bad recipient must not stall the rest
+                        log.exception(
+                            "sending failed unexpectedly",
+                            extra={"action": context.reference, "batch_id": context.batch_id},
+                        )
+                        outcome = SendOutcome(recipient, SendResult.temporary("internal"))
+                    await results.put(outcome)
+            finally:
+                await results.put(None)  # this worker is done
 
         workers = [
             asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(recipients)))
         ]
-        temporary = 0
-        received = 0
-        buffer: list[SendOutcome] = []
-        last_flush = time.monotonic()
+        renewal = asyncio.create_task(self._renew_lease(context))
+        finished = 0
         try:
-            while received < len(recipients):
-                wait = max(0.01, self.flush_seconds - (time.monotonic() - last_flush))
-                try:
-                    buffer.append(await asyncio.wait_for(results.get(), timeout=wait))
-                    received += 1
-                except TimeoutError:
-                    pass
-                due = time.monotonic() - last_flush >= self.flush_seconds
-                if buffer and (
-                    len(buffer) >= self.chunk_size or due or received == len(recipients)
-                ):
-                    temporary += await self._record(context, buffer)
-                    buffer = []
-                    last_flush = time.monotonic()
+            while finished < len(workers):
+                taken = [await results.get()]
+                while not results.empty():
+                    taken.append(results.get_nowait())
+                outcomes = [o for o in taken if o is not None]
+                finished += len(taken) - len(outcomes)
+                if outcomes:
+                    temporary.update(await self._record_surely(context, outcomes))
         finally:
+            renewal.cancel()
             for task in workers:
                 task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(renewal, *workers, return_exceptions=True)
+        if context.closed:
+            async with self.sessionmaker() as session, session.begin():
+                cancelled = await ledger.cancel_claimed(session, token=context.claim.token)
+            for channel in cancelled:
+                metrics.CANCELLED.labels(channel).inc()
+            log.info(
+                "action closed while sending: the rest cancelled",
+                extra={
+                    "action": context.reference,
+                    "batch_id": context.batch_id,
+                    "cancelled": len(cancelled),
+                },
+            )
         return temporary
+
+    async def _record_surely(
+        self, context: _BatchContext, outcomes: Sequence[SendOutcome]
+    ) -> Counter[str]:
+        """Record outcomes that already happened: a database hiccup (a deadlock, a failover)
+        must not turn messages that went out into rows that get sent again."""
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                async with context.writing:
+                    return await self._record(context, outcomes)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if attempt == RECORD_ATTEMPTS - 1:
+                    raise
+                log.warning(
+                    "recording outcomes failed; trying again",
+                    extra={"action": context.reference, "batch_id": context.batch_id},
+                    exc_info=True,
+                )
+                await asyncio.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def _renew_lease(self, context: _BatchContext) -> None:
+        """Keep this handling's claims alive while it sends (see ``ledger.CLAIM_LEASE``), and
+        notice when the action is closed (by whichever dispatcher heard of it)."""
+        ids = list(context.claim.mine.values())
+        while True:
+            await asyncio.sleep(ledger.LEASE_RENEWAL)
+            try:
+                # Never beside a record of the same rows: two transactions of one handling
+                # locking the same rows in different orders deadlock on PostgreSQL.
+                async with context.writing, self.sessionmaker() as session, session.begin():
+                    await ledger.renew(session, token=context.claim.token, ids=ids)
+                    if context.message_kind != "closed":
+                        status = await session.scalar(
+                            select(DispatchAction.status).where(
+                                DispatchAction.id == context.action_id
+                            )
+                        )
+                        context.closed = status == ACTION_CLOSED
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a missed renewal is retried; the lease has slack
+                log.warning(
+                    "lease renewal failed",
+                    extra={"action": context.reference, "batch_id": context.batch_id},
+                )
 
     async def _send_one(self, context: _BatchContext, recipient: Recipient) -> SendOutcome:
         if recipient.channel == "email":
@@ -340,13 +448,15 @@ class Dispatcher:
         )
         return prepared.build(fill, now=utcnow())
 
-    async def _record(self, context: _BatchContext, outcomes: Sequence[SendOutcome]) -> int:
-        """Write one chunk's outcomes and their events in one transaction."""
+    async def _record(
+        self, context: _BatchContext, outcomes: Sequence[SendOutcome]
+    ) -> Counter[str]:
+        """Write these outcomes and their events in one transaction; temporary ones by channel."""
         now = utcnow()
         updates: list[dict[str, Any]] = []
         counts: dict[Channel, list[int]] = {}
         suppressions: list[RecipientSuppressed] = []
-        temporary = 0
+        temporary: Counter[str] = Counter()
         for outcome in outcomes:
             recipient, result = outcome.recipient, outcome.result
             row: dict[str, Any] = {
@@ -365,6 +475,10 @@ class Dispatcher:
                 }
                 tally[0] += 1
                 metrics.SENT.labels(recipient.channel).inc()
+                if context.created_at is not None:
+                    metrics.LAG.labels(recipient.channel).observe(
+                        max((now - context.created_at).total_seconds(), 0.0)
+                    )
             elif result.outcome == "failed":
                 row["status"] = FAILED
                 tally[1] += 1
@@ -380,10 +494,12 @@ class Dispatcher:
                     )
             else:
                 row["status"] = RETRY
-                temporary += 1
+                temporary[recipient.channel] += 1
                 metrics.RETRIED.labels(recipient.channel).inc()
             updates.append(row)
         async with self.sessionmaker() as session, session.begin():
+            # In id order, like every other writer: no lock-order deadlock on PostgreSQL.
+            updates.sort(key=lambda row: int(row["id"]))
             await session.execute(update(Delivery), updates)
             for channel, (sent, failed) in sorted(counts.items()):
                 if sent or failed:
@@ -425,7 +541,7 @@ class Dispatcher:
                 if (
                     row is not None
                     and row.status == SENDING
-                    and row.updated_at > now - ledger.CLAIM_LEASE
+                    and row.updated_at > now - ledger.TRANSACTIONAL_LEASE
                 ):
                     raise Retry("being sent by another handling")
                 if row is None:

@@ -28,8 +28,13 @@ from services.dispatcher.models import (
 from shared.db import utcnow
 from shared.events import Recipient, RecipientSuppressed
 
-# How long a ``sending`` claim is honoured: far longer than sending one batch takes.
-CLAIM_LEASE = timedelta(minutes=2)
+# How long a ``sending`` claim is honoured without renewal. The handling that holds it renews it
+# every ``LEASE_RENEWAL`` while it sends, so a dead process's rows are taken back within seconds
+# of a restart, while a live one (even on a slow SMTP server) keeps them.
+CLAIM_LEASE = timedelta(seconds=6)
+LEASE_RENEWAL = 1.0
+# A transactional message is one send with no renewal: its lease covers the SMTP timeout.
+TRANSACTIONAL_LEASE = timedelta(minutes=2)
 # Bound the IN (...) lists (SQLite's parameter limit; smaller plans on PostgreSQL).
 _IN_CHUNK = 500
 
@@ -153,6 +158,38 @@ async def claim(
             else:
                 result.done += 1
     return result
+
+
+async def renew(
+    session: AsyncSession, *, token: str, ids: Sequence[int], now: datetime | None = None
+) -> int:
+    """Extend the lease of the rows this handling still holds (``sending`` with its token)."""
+    now = now or utcnow()
+    renewed = 0
+    for chunk in _chunks(ids):
+        outcome = await session.execute(
+            update(Delivery)
+            .where(
+                Delivery.id.in_(chunk), Delivery.status == SENDING, Delivery.claim_token == token
+            )
+            .values(updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        renewed += _rowcount(outcome)
+    return renewed
+
+
+async def cancel_claimed(session: AsyncSession, *, token: str) -> list[str]:
+    """The action closed mid-batch: rows this handling claimed but did not send are cancelled.
+    Returns the channel of each."""
+    outcome = await session.execute(
+        update(Delivery)
+        .where(Delivery.claim_token == token, Delivery.status == SENDING)
+        .values(status=CANCELLED, claim_token=None, updated_at=utcnow())
+        .returning(Delivery.channel)
+        .execution_options(synchronize_session=False)
+    )
+    return list(outcome.scalars())
 
 
 async def cancel(

@@ -1,0 +1,282 @@
+"""Fan-out benchmark: N confirmed email subscribers, one urgent action, the stack as real
+processes, Postfix's ``smtp-sink`` on loopback. Prints publish -> first and last message accepted,
+the rate, each service's peak memory, and the floor (aiosmtplib alone, same sink, same
+concurrency, pre-built messages) with the ratio of the two rates.
+
+    .venv/bin/python bench/fanout.py [-n 100000] [--postgres] [--concurrency 16]
+
+Not a test (``make bench-fanout``). Needs RabbitMQ (and PostgreSQL with --postgres), like the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import aiosmtplib
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from devtools.twilio_fake import FakeTwilio  # noqa: E402
+from shared.settings import SERVICES  # noqa: E402
+from tests.e2e.stack import ACCOUNT_SID, AUTH_TOKEN, Stack, stack_environment  # noqa: E402
+from tests.faults.harness import ACTION, seed_subscribers  # noqa: E402
+from tests.support import SmtpRecorder, free_port  # noqa: E402
+
+AMQP_BASE = os.environ.get("UANET_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
+PG_ADMIN_DSN = os.environ.get("UANET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+COUNTER = re.compile(rb"mesg=(\d+)")
+
+
+class SmtpSink:
+    """Postfix's smtp-sink: accepts everything at C speed; ``-c`` prints a running count, read
+    here to time the first and the last message accepted."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.count = 0
+        self.first_at: float | None = None
+        self.changed = threading.Condition()
+        binary = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+        if not Path(binary).exists():
+            print("installing postfix for smtp-sink ...", file=sys.stderr)
+            subprocess.run(
+                ["apt-get", "install", "-y", "postfix"],
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+                check=True,
+                capture_output=True,
+            )
+        self.process = subprocess.Popen(
+            [binary, "-c", "-u", "nobody", f"127.0.0.1:{port}", "1024"],
+            stdout=subprocess.PIPE,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        buffer = b""
+        while chunk := self.process.stdout.read1(4096):  # type: ignore[attr-defined]
+            buffer = (buffer + chunk)[-200:]
+            found = COUNTER.findall(buffer)
+            if found:
+                now = time.monotonic()
+                with self.changed:
+                    count = int(found[-1])
+                    if count and self.first_at is None:
+                        self.first_at = now
+                    self.count = count
+                    self.changed.notify_all()
+
+    def wait_for(self, total: int, timeout: float) -> float | None:
+        """Monotonic time the sink's count reached ``total`` (None on timeout)."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while self.count < total:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.changed.wait(min(left, 1.0))
+            return time.monotonic()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def peak_memory_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def import_cli_available(stack: Stack) -> bool:
+    return stack.cli("subscribers", "import", "--help").returncode == 0
+
+
+async def seed(stack: Stack, urls: dict[str, str], n: int, workdir: Path) -> str:
+    if import_cli_available(stack):
+        path = workdir / "subscribers.csv"
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["email", "name", "country", "language", "timezone", "channels"])
+            for i in range(n):
+                writer.writerow(
+                    [
+                        f"bench{i:07d}@example.net",
+                        f"Member {i}",
+                        "GB",
+                        "en",
+                        "Europe/London",
+                        "email",
+                    ]
+                )
+        done = stack.cli("subscribers", "import", str(path), "--confirmed")
+        if done.returncode != 0:
+            raise SystemExit(f"import failed: {done.stderr[-2000:]}")
+        return "uanet subscribers import --confirmed"
+    await seed_subscribers(urls["subscriptions"], emails=n, prefix="bench")
+    return "direct insert (the import CLI is not there yet)"
+
+
+async def floor_rate(port: int, n: int, concurrency: int, message: bytes) -> float:
+    """aiosmtplib alone: N pre-built messages, same concurrency, no broker, no database."""
+    sink_count = 0
+    queue = iter(range(n))
+
+    async def worker() -> None:
+        nonlocal sink_count
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await client.connect()
+        for i in queue:
+            await client.sendmail("alerts@localhost", [f"floor{i}@example.net"], message)
+            sink_count += 1
+        await client.quit()
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return n / (time.monotonic() - started)
+
+
+def sample_message() -> bytes:
+    """One alert as the dispatcher renders it (the same size as the real ones)."""
+    from datetime import UTC, datetime
+
+    from services.dispatcher.handlers import _alert_text
+    from services.dispatcher.models import DispatchAction
+    from services.dispatcher.rendering import RecipientFill, Renderer
+
+    renderer = Renderer(mail_from="Urgent Action Network <alerts@localhost>")
+    action = DispatchAction(
+        reference="UA 1/26",
+        default_language="en",
+        content=ACTION["content"],
+        targets=ACTION["targets"],
+        deadline=None,
+    )
+    prepared = renderer.alert_email(_alert_text(action), "en", has_act=True, has_preferences=True)
+    fill = RecipientFill(
+        to="floor@example.net",
+        greeting=renderer.greeting("en", "Member"),
+        act_url="http://127.0.0.1:8002/act/" + uuid.uuid4().hex,
+        unsubscribe_url="http://127.0.0.1:8002/unsubscribe/" + uuid.uuid4().hex * 2,
+        preferences_url="http://127.0.0.1:8002/preferences/" + uuid.uuid4().hex * 2,
+    )
+    return prepared.build(fill, now=datetime.now(UTC))
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def psql(sql: str) -> None:
+    subprocess.run(["psql", PG_ADMIN_DSN, "-q", "-c", sql], check=True, capture_output=True)
+
+
+async def run(n: int, postgres: bool, concurrency: int, keep: bool) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="uanet-bench-"))
+    vhost = f"uanet-bench-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    databases: list[str] = []
+    if postgres:
+        base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+        urls = {}
+        for service in SERVICES:
+            name = f"uanet_bench_{service}_{uuid.uuid4().hex[:6]}"
+            psql(f'CREATE DATABASE "{name}"')
+            databases.append(name)
+            urls[service] = f"{base}/{name}"
+    else:
+        urls = {s: f"sqlite+aiosqlite:///{workdir / f'{s}.db'}" for s in SERVICES}
+    sink = SmtpSink(free_port())
+    twilio = FakeTwilio(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
+    await twilio.start()
+    ports = {s: free_port() for s in SERVICES}
+    env = stack_environment(
+        amqp_url=f"{AMQP_BASE}/{vhost}",
+        database_urls=urls,
+        smtp_port=sink.port,
+        twilio_base=twilio.base_url,
+        ports=ports,
+        secret="bench-secret-key",
+    )
+    env["UANET_SMTP_CONCURRENCY"] = str(concurrency)
+    # An SmtpRecorder is only there to satisfy Stack's shape; the sink is smtp-sink.
+    stack = Stack(env=env, smtp=SmtpRecorder(), twilio=twilio, log_dir=workdir, ports=ports)
+    try:
+        if stack.cli("migrate").returncode != 0:
+            raise SystemExit("migrate failed")
+        seeded = time.monotonic()
+        how = await seed(stack, urls, n, workdir)
+        print(f"seeded {n} subscribers in {time.monotonic() - seeded:.1f}s ({how})")
+        for service in SERVICES:
+            stack.start(service)
+        for service in SERVICES:
+            await stack.wait_ready(service)
+        token = stack.cli("token", "create", "--role", "admin", "--name", "bench")
+        auth = {"Authorization": f"Bearer {token.stdout.strip().splitlines()[-1]}"}
+        api = stack.url("publisher") + "/api/v1/actions"
+        async with httpx.AsyncClient(timeout=60) as client:
+            created = await client.post(api, json={**ACTION, "channels": ["email"]}, headers=auth)
+            action_id = created.json()["id"]
+            published_at = time.monotonic()
+            response = await client.post(f"{api}/{action_id}/publish", headers=auth)
+            assert response.status_code == 200, response.text
+        last_at = await asyncio.to_thread(sink.wait_for, n, 600)
+        if last_at is None or sink.first_at is None:
+            raise SystemExit(f"only {sink.count} of {n} arrived in 10 minutes")
+        memory = {s: peak_memory_mb(p.pid) for s, p in stack.processes.items()}
+        first = sink.first_at - published_at
+        total = last_at - published_at
+        rate = n / total
+        floor_n = min(n, 50_000)
+        before = sink.count
+        floor = await floor_rate(sink.port, floor_n, concurrency, sample_message())
+        assert sink.wait_for(before + floor_n, 60) is not None
+        print(f"N = {n}, SMTP concurrency {concurrency}, {'PostgreSQL' if postgres else 'SQLite'}")
+        print(f"publish -> first accepted: {first:.2f}s")
+        print(f"publish -> last accepted:  {total:.2f}s")
+        print(f"rate: {rate:.0f} messages/s")
+        print(f"floor (aiosmtplib alone, pre-built, {floor_n} messages): {floor:.0f} messages/s")
+        print(f"ratio: {rate / floor:.2f} of the floor")
+        for service, mb in memory.items():
+            print(f"peak memory (VmHWM) {service}: {mb:.0f} MB")
+    finally:
+        stack.stop_all()
+        await twilio.stop()
+        sink.stop()
+        rabbitmqctl("delete_vhost", vhost)
+        for name in databases:
+            psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if keep:
+            print(f"logs and databases kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=100_000, help="subscribers (default 100000)")
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
+    parser.add_argument("--concurrency", type=int, default=16, help="UANET_SMTP_CONCURRENCY")
+    parser.add_argument("--keep", action="store_true", help="keep logs and databases")
+    args = parser.parse_args()
+    asyncio.run(run(args.n, args.postgres, args.concurrency, args.keep))
+
+
+if __name__ == "__main__":
+    main()
