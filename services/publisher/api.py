@@ -12,8 +12,16 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from services.publisher import actions as domain
-from services.publisher.auth import Reader, Writer
+from services.publisher.auth import (
+    READ_ROLES,
+    Reader,
+    Writer,
+    authenticate,
+    bearer,
+    require_role,
+)
 from services.publisher.database import Database
+from services.publisher.models import UrgentAction
 from services.publisher.reports import csv_filename, stats_csv, stats_stream
 from services.publisher.schemas import (
     ActionClose,
@@ -25,6 +33,7 @@ from services.publisher.schemas import (
     UrgentActionRead,
     UrgentActionUpdate,
 )
+from services.publisher.sessions import signed_in_user
 from services.publisher.tally import StatsNotifier, read_stats, stats_changed_at
 from shared.runtime import ServiceRuntime
 
@@ -53,10 +62,32 @@ def action_id_from_path(action_id: str) -> uuid.UUID:
     return domain.parse_action_id(action_id)
 
 
+async def stream_reader(request: Request) -> None:
+    """The live stream takes a coordinator's token, or the console's session cookie: the action's
+    page streams its counts to whoever may see that page (any signed-in role)."""
+    if "authorization" not in request.headers and await signed_in_user(request) is not None:
+        return
+    principal = await authenticate(request, await bearer(request))
+    await require_role(READ_ROLES)(principal)
+
+
 DatabaseDep = Annotated[Database, Depends(get_database)]
 RuntimeDep = Annotated[ServiceRuntime, Depends(get_runtime)]
 NotifierDep = Annotated[StatsNotifier, Depends(get_notifier)]
 ActionId = Annotated[uuid.UUID, Depends(action_id_from_path)]
+
+
+async def save_new_draft(database: Database, action_in: UrgentActionCreate) -> UrgentAction:
+    """A new draft in its own transaction, retried if another took its reference number."""
+    attempt = 1
+    while True:
+        try:
+            async with database.write() as session:
+                return await domain.create_action(session=session, action_in=action_in)
+        except IntegrityError:
+            if attempt == CREATE_ATTEMPTS:
+                raise
+            attempt += 1
 
 
 def _read(action: Any) -> UrgentActionRead:
@@ -67,14 +98,7 @@ def _read(action: Any) -> UrgentActionRead:
 async def create_draft(
     action_in: UrgentActionCreate, _: Writer, database: DatabaseDep, response: Response
 ) -> UrgentActionRead:
-    for attempt in range(1, CREATE_ATTEMPTS + 1):
-        try:
-            async with database.write() as session:
-                action = await domain.create_action(session=session, action_in=action_in)
-            break
-        except IntegrityError:
-            if attempt == CREATE_ATTEMPTS:
-                raise
+    action = await save_new_draft(database, action_in)
     response.headers["Location"] = f"{router.prefix}/{action.id}"
     return _read(action)
 
@@ -187,7 +211,10 @@ async def stats_as_csv(action_id: ActionId, _: Reader, database: DatabaseDep) ->
 
 @router.get("/{action_id}/stats/stream", response_class=StreamingResponse)
 async def stats_live(
-    action_id: ActionId, _: Reader, database: DatabaseDep, notifier: NotifierDep
+    action_id: ActionId,
+    _: Annotated[None, Depends(stream_reader)],
+    database: DatabaseDep,
+    notifier: NotifierDep,
 ) -> StreamingResponse:
     async def load() -> ActionStats:
         async with database.read() as session:

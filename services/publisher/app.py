@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.publisher.api import install_error_responses, router
+from services.publisher.console import install_console
 from services.publisher.database import Database
 from services.publisher.models import Outbox
 from services.publisher.tally import TALLY_EVENTS, StatsNotifier, TallyConsumer
@@ -42,5 +43,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.tally = tally
     app.include_router(router)
     install_error_responses(app)
+    install_console(app)
     install_common(app, runtime.ready)
     return app

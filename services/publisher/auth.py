@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -17,8 +18,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.publisher.models import ApiToken
-from shared.db import utcnow
+from services.publisher.models import ApiToken, Outbox
+from shared import events
+from shared.db import outbox_row, utcnow
 
 Role = Literal["admin", "staff", "coordinator"]
 ROLES: tuple[Role, ...] = ("admin", "staff", "coordinator")
@@ -40,6 +42,12 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def token_public_id(token_hash: str) -> uuid.UUID:
+    """The id other services know a token by: derived from its hash, so it needs no column and
+    is the same whenever it is computed (issue and revoke)."""
+    return uuid.UUID(token_hash[:32])
+
+
 async def create_api_token(
     sessionmaker: async_sessionmaker[AsyncSession], *, role: str, name: str
 ) -> str:
@@ -50,9 +58,22 @@ async def create_api_token(
     if not name:
         raise ValueError("a token needs a name")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token_hash = hash_token(token)
     async with sessionmaker() as session, session.begin():
         session.add(
-            ApiToken(name=name[:200], role=role, token_hash=hash_token(token), created_at=utcnow())
+            ApiToken(name=name[:200], role=role, token_hash=token_hash, created_at=utcnow())
+        )
+        # Same transaction: subscriptions learns of every token that exists, and only of those.
+        session.add(
+            outbox_row(
+                Outbox,
+                events.ApiTokenIssued(
+                    token_id=token_public_id(token_hash),
+                    name=name[:200],
+                    role=role,
+                    token_hash=token_hash,
+                ),
+            )
         )
     return token
 
@@ -60,12 +81,21 @@ async def create_api_token(
 async def revoke_api_token(sessionmaker: async_sessionmaker[AsyncSession], *, name: str) -> int:
     """Revoke every live token of that name; returns how many."""
     async with sessionmaker() as session, session.begin():
-        result = await session.execute(
-            update(ApiToken)
-            .where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
-        )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+        hashes = (
+            await session.execute(
+                update(ApiToken)
+                .where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+                .returning(ApiToken.token_hash)
+            )
+        ).scalars()
+        revoked = 0
+        for token_hash in hashes:
+            session.add(
+                outbox_row(Outbox, events.ApiTokenRevoked(token_id=token_public_id(token_hash)))
+            )
+            revoked += 1
+    return revoked
 
 
 async def principal_for_token(session: AsyncSession, token: str) -> Principal | None:
@@ -82,7 +112,7 @@ async def principal_for_token(session: AsyncSession, token: str) -> Principal | 
 
 
 # auto_error=False: a missing header must be our 401 with WWW-Authenticate, not FastAPI's 403.
-_bearer = HTTPBearer(auto_error=False)
+bearer = HTTPBearer(auto_error=False)
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -95,7 +125,7 @@ def _unauthorized(detail: str) -> HTTPException:
 
 async def authenticate(
     request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     if credentials is None or not credentials.credentials:
         raise _unauthorized("a bearer token is required")

@@ -148,3 +148,33 @@ class Responder(Base):
     )
     subscriber_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     first_reported_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class StaffUser(Base):
+    """A person who signs in to the console. Only an argon2id hash of the password is kept."""
+
+    __tablename__ = "publisher_staff_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)  # stored lowercased
+    role: Mapped[str] = mapped_column(String(20))
+    password_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ActivityBucket(Base):
+    """What happened to one action in one minute: the time series behind the dashboard's chart.
+
+    Written by the tally handlers in the same transaction as the counters they add to.
+    """
+
+    __tablename__ = "action_activity"
+
+    action_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("urgent_actions.id", ondelete="CASCADE"), primary_key=True
+    )
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+    delivered: Mapped[int] = mapped_column(Integer, default=0)
+    actions: Mapped[int] = mapped_column(Integer, default=0)

@@ -27,6 +27,7 @@ from services.publisher.models import (
     CHANNELS,
     RESPONSE_KINDS,
     ActionTally,
+    ActivityBucket,
     CountryTally,
     ProcessedMessage,
     Responder,
@@ -127,6 +128,31 @@ async def _add_to_country(
     )
 
 
+def minute_of(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+async def _add_to_activity(
+    session: AsyncSession, action_id: uuid.UUID, increments: dict[str, int]
+) -> None:
+    """Add to this minute's bucket of the action's time series (the dashboard's chart)."""
+    increments = {name: n for name, n in increments.items() if n}
+    if not increments:
+        return
+    minute = minute_of(utcnow())
+    insert = _insert_ignoring_duplicates(session, ActivityBucket)
+    await session.execute(
+        insert.values(
+            action_id=action_id, minute=minute, sent=0, delivered=0, actions=0
+        ).on_conflict_do_nothing(index_elements=["action_id", "minute"])
+    )
+    await session.execute(
+        update(ActivityBucket)
+        .where(ActivityBucket.action_id == action_id, ActivityBucket.minute == minute)
+        .values({name: getattr(ActivityBucket, name) + n for name, n in increments.items()})
+    )
+
+
 async def _first_response_of(
     session: AsyncSession, action_id: uuid.UUID, subscriber_id: uuid.UUID
 ) -> bool:
@@ -169,6 +195,7 @@ async def count_deliveries(*, session: AsyncSession, event: events.DeliveriesRep
         event.action_id,
         {f"{event.channel}_sent": event.sent, f"{event.channel}_failed": event.failed},
     )
+    await _add_to_activity(session, event.action_id, {"sent": event.sent})
     return True
 
 
@@ -179,6 +206,8 @@ async def count_delivery_status(
     if event.action_id is None or event.message_kind != "alert":
         return False
     await _add_to_tally(session, event.action_id, {f"{event.channel}_{event.status}": 1})
+    if event.status == "delivered":
+        await _add_to_activity(session, event.action_id, {"delivered": 1})
     return True
 
 
@@ -198,6 +227,7 @@ async def count_response(*, session: AsyncSession, event: events.ResponseRecorde
             country,
             {"actions": event.count, "people": 1 if first else 0},
         )
+    await _add_to_activity(session, event.action_id, {"actions": event.count})
     return True
 
 
@@ -272,6 +302,18 @@ async def read_stats(*, session: AsyncSession, action_id: uuid.UUID) -> ActionSt
         },
         updated_at=tally.updated_at,
     )
+
+
+async def read_activity(*, session: AsyncSession, action_id: uuid.UUID) -> list[ActivityBucket]:
+    """The action's per-minute buckets, oldest first."""
+    rows = (
+        await session.execute(
+            select(ActivityBucket)
+            .where(ActivityBucket.action_id == action_id)
+            .order_by(ActivityBucket.minute)
+        )
+    ).scalars()
+    return list(rows)
 
 
 async def stats_changed_at(*, session: AsyncSession, action_id: uuid.UUID) -> datetime | None:
