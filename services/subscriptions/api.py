@@ -1,17 +1,22 @@
-"""Sign-up: ``POST /api/v1/subscribers`` (JSON, or the form of ``GET /signup``)."""
+"""Sign-up: ``POST /api/v1/subscribers`` (JSON, or the form of ``GET /signup``); a person's data
+as JSON and its erasure (admin token)."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.exc import IntegrityError
 
+from services.subscriptions.data_rights import erase_subscriber, export_subscriber
+from services.subscriptions.limits import retry_after_header
 from services.subscriptions.models import ConsentSource
 from services.subscriptions.schemas import FieldError, SubscriberCreate
 from services.subscriptions.subscribers import sign_up
+from services.subscriptions.tokens import AdminDep
 from services.subscriptions.web import (
     BadBody,
     StateDep,
@@ -49,6 +54,20 @@ async def create_subscriber(request: Request, state: StateDep) -> Response:
         return state.page(
             request, "signup.html", {"errors": errors_by_field(exc), "values": data}, status=422
         )
+    # Counted once the sign-up is valid: only those can make us write to someone.
+    wait = state.signups.take(state.client(request))
+    if wait is not None:
+        log.info("sign-up rate limit reached")
+        headers = {"Retry-After": retry_after_header(wait)}
+        if as_json:
+            return JSONResponse(
+                {"detail": "too many sign-ups from this address; try again later"},
+                status_code=429,
+                headers=headers,
+            )
+        page = state.page(request, "rate_limited.html", status=429)
+        page.headers.update(headers)
+        return page
     source: ConsentSource = "api" if as_json else "page"
     try:
         async with state.unit_of_work() as session:
@@ -69,3 +88,35 @@ async def create_subscriber(request: Request, state: StateDep) -> Response:
 @router.get("/signup", response_class=HTMLResponse)
 async def signup_page(request: Request, state: StateDep) -> HTMLResponse:
     return state.page(request, "signup.html", {"errors": {}, "values": {}})
+
+
+# ---- data rights (admin token) -----------------------------------------------------------------
+
+
+def _not_found() -> JSONResponse:
+    return JSONResponse({"detail": "no such subscriber"}, status_code=404)
+
+
+@router.get("/api/v1/subscribers/{subscriber_id}/export", response_model=None)
+async def export_subscriber_data(
+    subscriber_id: uuid.UUID, state: StateDep, _admin: AdminDep
+) -> Response:
+    """Everything we keep about one person (their right of access and to portability)."""
+    async with state.sessionmaker() as session:
+        data = await export_subscriber(session, subscriber_id)
+    if data is None:
+        return _not_found()
+    log.info("subscriber data exported")
+    return JSONResponse(data, headers={"Cache-Control": "no-store"})
+
+
+@router.delete("/api/v1/subscribers/{subscriber_id}", status_code=204, response_model=None)
+async def erase_subscriber_data(
+    subscriber_id: uuid.UUID, state: StateDep, _admin: AdminDep
+) -> Response:
+    """Erase one person's data; what they did still counts, anonymously."""
+    async with state.unit_of_work() as session:
+        erased = await erase_subscriber(session, subscriber_id)
+    if not erased:
+        return _not_found()
+    return Response(status_code=204)

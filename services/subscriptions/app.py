@@ -1,7 +1,8 @@
 """The subscriptions service: ``create_app(settings)``.
 
 Consumes ``subscriptions.actions`` (ActionPublished, ActionUpdated, ActionClosed) and
-``subscriptions.suppressions`` (RecipientSuppressed); serves the public pages, the sign-up API and
+``subscriptions.suppressions`` (RecipientSuppressed) and ``subscriptions.tokens`` (ApiTokenIssued,
+ApiTokenRevoked: who may call the admin endpoints); serves the public pages, the sign-up API and
 the inbound SMS webhook; everything it emits goes through its outbox.
 """
 
@@ -12,12 +13,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from services.subscriptions import api, pages, webhooks
 from services.subscriptions.handlers import SubscriptionHandlers
 from services.subscriptions.links import Links
 from services.subscriptions.models import Outbox
-from services.subscriptions.web import ServiceState, make_templates
+from services.subscriptions.tokens import make_token_handler
+from services.subscriptions.web import STATIC_DIR, ServiceState, make_renderer
 from shared import events
 from shared.runtime import ServiceRuntime, Subscription
 from shared.settings import Settings
@@ -30,7 +33,8 @@ SERVICE = "subscriptions"
 def create_app(settings: Settings) -> FastAPI:
     # Fails at start (not at the first link) when UANET_SECRET_KEY is missing.
     links = Links(LinkSigner(settings.require_secret()), settings.public_url)
-    templates, sms_texts = make_templates()
+    # Catalogues compiled once, at start: a broken .po stops the service here, not at a page.
+    renderer = make_renderer()
     runtime: ServiceRuntime | None = None
 
     @asynccontextmanager
@@ -42,8 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings=settings,
             sessionmaker=runtime.sessionmaker,
             links=links,
-            templates=templates,
-            sms_texts=sms_texts,
+            renderer=renderer,
             notify=runtime.relay.notify,
         )
         handlers = SubscriptionHandlers(runtime.sessionmaker, links, runtime.relay.notify)
@@ -62,6 +65,11 @@ def create_app(settings: Settings) -> FastAPI:
                         handlers.on_recipient_suppressed,
                         (events.RecipientSuppressed,),
                     ),
+                    Subscription(
+                        "subscriptions.tokens",
+                        make_token_handler(runtime.sessionmaker),
+                        (events.ApiTokenIssued, events.ApiTokenRevoked),
+                    ),
                 ]
             )
             yield
@@ -78,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(api.router)
     app.include_router(pages.router)
     app.include_router(webhooks.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
     async def home() -> RedirectResponse:

@@ -28,6 +28,7 @@ from services.subscriptions.models import (
     Outbox,
     Subscriber,
 )
+from services.subscriptions.schemas import Frequency
 from shared.db import outbox_row, utcnow
 from shared.events import Audience, AudienceCounted, Channel, DeliveryBatch, Recipient
 
@@ -121,9 +122,14 @@ def recipients_for(
                 unsubscribe_url=links.unsubscribe(subscriber.public_id, channel),
                 preferences_url=preferences_url,
                 timezone=subscriber.timezone if context.local_time else None,
+                frequency=_frequency(subscriber.frequency),
             )
         )
     return out
+
+
+def _frequency(value: str) -> Frequency:
+    return "daily_digest" if value == "daily_digest" else "immediate"
 
 
 # ---- progress -----------------------------------------------------------------------------------

@@ -63,6 +63,8 @@ class SmsReply:
 
     template: str
     context: dict[str, Any] = field(default_factory=dict)
+    # The subscriber's language; None for a number we do not know (answered in the default).
+    language: str | None = None
 
 
 def normalize_sender(number: str) -> str:
@@ -77,6 +79,17 @@ async def handle_inbound_sms(
     *, session: AsyncSession, sender: str, body: str, message_sid: str | None
 ) -> SmsReply | None:
     """Act on one inbound SMS; returns the answer to send, or None to stay silent."""
+    reply = await _handle(session=session, sender=sender, body=body, message_sid=message_sid)
+    if reply is None:
+        return None
+    subscriber = await store.subscriber_by_phone(session, normalize_sender(sender))
+    language = subscriber.language if subscriber is not None else None
+    return SmsReply(reply.template, reply.context, language)
+
+
+async def _handle(
+    *, session: AsyncSession, sender: str, body: str, message_sid: str | None
+) -> SmsReply | None:
     phone = normalize_sender(sender)
     command = parse_sms(body)
     subscriber = await store.subscriber_by_phone(session, phone)

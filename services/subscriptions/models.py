@@ -72,6 +72,9 @@ class Subscriber(Base):
     confirmations_in_window: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Set when the person asked to be erased: the row stays, without personal data, so the
+    # actions they received and reported still count.
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     def channel_status(self, channel: str) -> str | None:
         return self.email_status if channel == "email" else self.sms_status
@@ -113,6 +116,23 @@ class Suppression(Base):
     address: Mapped[str] = mapped_column(String(320), unique=True)
     reason: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiToken(Base):
+    """An API token the publisher issued (only its SHA-256), for the admin endpoints here.
+
+    A revocation may arrive before its issue (two messages, no order between queues' retries): the
+    row is then created revoked, without a hash, and the late issue cannot bring it back.
+    """
+
+    __tablename__ = "api_tokens"
+
+    token_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    role: Mapped[str] = mapped_column(String(12), default="")
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class KnownAction(Base):

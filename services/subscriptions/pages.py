@@ -28,27 +28,13 @@ from services.subscriptions.web import (
     parse,
     read_body,
 )
+from shared.i18n import language_name
 from shared.tokens import InvalidToken
 
 router = APIRouter()
 
 # Staff write Markdown; raw HTML in it is shown as text, and markdown-it refuses javascript: links.
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
-
-STATUS_TEXT = {
-    "pending": "waiting for your confirmation",
-    "confirmed": "on",
-    "unsubscribed": "off",
-    None: "off",
-}
-OUTCOME_TEXT = {
-    "released": "the person was released",
-    "charges_dropped": "the charges were dropped",
-    "sentence_commuted": "the sentence was commuted",
-    "improved": "the situation improved",
-    "no_change": "there was no change",
-    "other": "",
-}
 
 
 def render_markdown(text: str) -> str:
@@ -69,10 +55,13 @@ async def confirm(token: str, request: Request, state: StateDep) -> HTMLResponse
         outcome = await confirm_channel(session=session, ref=ref, origin=state.origin(request))
     if outcome == "unknown":
         return state.invalid_link(request)
+    async with state.sessionmaker() as session:
+        subscriber = await store.subscriber_by_public_id(session, ref.subscriber)
     return state.page(
         request,
         "confirm.html",
         {"outcome": outcome, "preferences_url": state.links.preferences(ref.subscriber)},
+        language=subscriber.language if subscriber is not None else None,
     )
 
 
@@ -97,7 +86,9 @@ async def unsubscribe_page(token: str, request: Request, state: StateDep) -> HTM
             "done": subscriber.channel_status(ref.channel) == "unsubscribed",
             "channel": ref.channel,
             "action_url": f"/unsubscribe/{token}",
+            "preferences_url": state.links.preferences(subscriber.public_id),
         },
+        language=subscriber.language,
     )
 
 
@@ -120,7 +111,12 @@ async def unsubscribe_now(token: str, request: Request, state: StateDep) -> HTML
             )
     if subscriber is None:
         return state.invalid_link(request)
-    return state.page(request, "unsubscribe.html", {"done": True, "channel": ref.channel})
+    return state.page(
+        request,
+        "unsubscribe.html",
+        {"done": True, "channel": ref.channel},
+        language=subscriber.language,
+    )
 
 
 # ---- preferences ------------------------------------------------------------------------------
@@ -134,14 +130,18 @@ def _preferences_page(
     status: int = 200,
     **extra: Any,
 ) -> HTMLResponse:
+    languages = dict(state.renderer.translations.languages_named)
+    if subscriber.language not in languages:
+        # Alerts may come in a language the pages are not translated into: keep it choosable.
+        languages[subscriber.language] = language_name(subscriber.language)
     context = {
         "subscriber": subscriber,
-        "status_text": STATUS_TEXT,
+        "language_choices": sorted(languages.items()),
         "action_url": f"/preferences/{token}",
         "errors": {},
         **extra,
     }
-    return state.page(request, "preferences.html", context, status)
+    return state.page(request, "preferences.html", context, status, language=subscriber.language)
 
 
 def _preferences_json(subscriber: Subscriber, awaiting: list[str]) -> dict[str, Any]:
@@ -277,18 +277,17 @@ async def _action_page(
         iter(action.content.values()), {}
     )
     context = {
-        "lang": language,
+        "content_lang": language,
         "action": action,
         "content": content,
         "body_html": render_markdown(str(content.get("body", ""))),
         "updates": await _updates(state, action, language),
-        "outcome_text": OUTCOME_TEXT.get(action.outcome or "", ""),
         "report_id": uuid.uuid4(),
         "reported": request.query_params.get("reported") == "1",
         "action_url": f"/act/{token}",
         "errors": errors or {},
     }
-    return state.page(request, "act.html", context, status)
+    return state.page(request, "act.html", context, status, language=subscriber.language)
 
 
 @router.get("/act/{token}", response_class=HTMLResponse)

@@ -72,6 +72,42 @@ def _take_confirmation_allowance(subscriber: Subscriber, now: datetime) -> bool:
     return True
 
 
+def may_ask_to_confirm(channel: Channel, suppression_reason: str | None) -> bool:
+    """Whether a confirmation may go to an address with this suppression (None: not suppressed).
+
+    A number that said STOP gets nothing until START (it will not reach them anyway), and a
+    mailbox that bounced for good is not worth a message. An address that merely unsubscribed
+    may sign up again: the confirmation is what proves it is really them.
+    """
+    if suppression_reason is None:
+        return True
+    return channel != "sms" and suppression_reason != "hard_bounce"
+
+
+def confirmation_message(
+    links: Links,
+    *,
+    public_id: uuid.UUID,
+    channel: Channel,
+    address: str,
+    name: str,
+    language: str,
+) -> TransactionalMessage:
+    """The command that asks the dispatcher to send one channel's confirmation."""
+    if channel == "email":
+        return TransactionalMessage(
+            template="confirm_email",
+            channel="email",
+            to=address,
+            language=language,
+            context={"name": name, "confirm_url": links.confirm(public_id, "email")},
+            unsubscribe_url=links.unsubscribe(public_id, "email"),
+        )
+    return TransactionalMessage(
+        template="confirm_sms", channel="sms", to=address, language=language
+    )
+
+
 async def request_confirmation(
     session: AsyncSession, links: Links, subscriber: Subscriber, channel: Channel
 ) -> bool:
@@ -81,29 +117,18 @@ async def request_confirmation(
     if address is None:
         return False
     suppression = await store.suppression_of(session, address)
-    # A number that said STOP gets nothing until START (it will not reach them anyway), and a
-    # mailbox that bounced for good is not worth a message. An address that merely unsubscribed
-    # may sign up again: the confirmation is what proves it is really them.
-    if suppression is not None and (channel == "sms" or suppression.reason == "hard_bounce"):
+    if not may_ask_to_confirm(channel, suppression.reason if suppression else None):
         return False
     if not _take_confirmation_allowance(subscriber, utcnow()):
         return False
-    if channel == "email":
-        message = TransactionalMessage(
-            template="confirm_email",
-            channel="email",
-            to=address,
-            language=subscriber.language,
-            context={
-                "name": subscriber.name,
-                "confirm_url": links.confirm(subscriber.public_id, "email"),
-            },
-            unsubscribe_url=links.unsubscribe(subscriber.public_id, "email"),
-        )
-    else:
-        message = TransactionalMessage(
-            template="confirm_sms", channel="sms", to=address, language=subscriber.language
-        )
+    message = confirmation_message(
+        links,
+        public_id=subscriber.public_id,
+        channel=channel,
+        address=address,
+        name=subscriber.name,
+        language=subscriber.language,
+    )
     session.add(outbox_row(Outbox, message))
     return True
 

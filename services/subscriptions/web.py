@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import jinja2
+import phonenumbers
+from babel import Locale
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
-from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.subscriptions.limits import SignupLimiter
 from services.subscriptions.links import Links
 from services.subscriptions.models import ConsentSource
 from services.subscriptions.schemas import FieldError
 from services.subscriptions.subscribers import Origin
+from shared.i18n import Translations, text_direction
 from shared.settings import Settings
 from shared.web import client_address
 
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+SERVICE_DIR = Path(__file__).resolve().parent
+TEMPLATES_DIR = SERVICE_DIR / "templates"
+LOCALE_DIR = SERVICE_DIR / "locale"
+STATIC_DIR = SERVICE_DIR / "static"
 # Fields that forms send as repeated values (check boxes).
 LIST_FIELDS = ("channels", "themes")
 JSON_TYPES = ("application/json", "application/merge-patch+json")
@@ -32,16 +39,75 @@ JSON_TYPES = ("application/json", "application/merge-patch+json")
 M = TypeVar("M", bound=BaseModel)
 
 
-def make_templates() -> tuple[Jinja2Templates, jinja2.Environment]:
-    """HTML pages (autoescaped) and SMS texts (plain; TwiML escapes them when it builds XML)."""
-    loader = jinja2.FileSystemLoader(TEMPLATES_DIR)
-    pages = jinja2.Environment(loader=loader, autoescape=jinja2.select_autoescape(["html"]))
-    texts = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES_DIR / "sms"),
-        autoescape=False,
-        keep_trailing_newline=False,
-    )
-    return Jinja2Templates(env=pages), texts
+def N_(message: str) -> str:  # noqa: N802 - gettext's own name for "mark for translation"
+    """Marks a text for the catalogue; it is translated where it is shown."""
+    return message
+
+
+INVALID_LINK_TITLE = N_("This link does not work")
+INVALID_LINK_MESSAGE = N_(
+    "The link may be incomplete, too old, or no longer valid. "
+    "Please use the most recent message we sent you."
+)
+
+
+class Renderer:
+    """Pages (autoescaped HTML) and SMS answers (plain text) in every language we speak.
+
+    One Jinja environment per language, each with its catalogue installed once, so renders in
+    different languages never share state.
+    """
+
+    def __init__(self, translations: Translations) -> None:
+        self.translations = translations
+        loader = jinja2.FileSystemLoader(TEMPLATES_DIR)
+        texts_loader = jinja2.FileSystemLoader(TEMPLATES_DIR / "sms")
+        self._pages: dict[str, jinja2.Environment] = {}
+        self._texts: dict[str, jinja2.Environment] = {}
+        languages = translations.languages_named
+        for code in translations.languages:
+            catalogue = translations.for_language(code)
+            pages = jinja2.Environment(
+                loader=loader,
+                autoescape=jinja2.select_autoescape(["html"]),
+                extensions=["jinja2.ext.i18n"],
+            )
+            pages.install_gettext_translations(catalogue, newstyle=True)  # type: ignore[attr-defined]
+            pages.globals.update(
+                lang=code,
+                dir=text_direction(code),
+                languages=languages,
+                countries=country_choices(code),
+            )
+            self._pages[code] = pages
+            # Plain: TwiML escapes the text when it builds XML.
+            texts = jinja2.Environment(
+                loader=texts_loader, autoescape=False, extensions=["jinja2.ext.i18n"]
+            )
+            texts.install_gettext_translations(catalogue, newstyle=True)  # type: ignore[attr-defined]
+            self._texts[code] = texts
+
+    def page(self, language: str, name: str, context: dict[str, Any]) -> str:
+        return self._pages[self.translations.choose(language)].get_template(name).render(context)
+
+    def sms(self, language: str | None, name: str, context: dict[str, Any]) -> str:
+        template = self._texts[self.translations.choose(language)].get_template(name)
+        return " ".join(template.render(context).split())
+
+    def gettext(self, language: str, message: str) -> str:
+        return self.translations.gettext(language, message)
+
+
+@functools.lru_cache(maxsize=8)
+def country_choices(language: str) -> tuple[tuple[str, str], ...]:
+    """Every country we can take a phone number for, named and sorted in ``language``."""
+    names = Locale.parse(language).territories
+    choices = [(code, names.get(code, code)) for code in phonenumbers.SUPPORTED_REGIONS]
+    return tuple(sorted(choices, key=lambda choice: choice[1].casefold()))
+
+
+def make_renderer() -> Renderer:
+    return Renderer(Translations.load(LOCALE_DIR))
 
 
 @dataclass
@@ -49,9 +115,9 @@ class ServiceState:
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
     links: Links
-    templates: Jinja2Templates
-    sms_texts: jinja2.Environment
+    renderer: Renderer
     notify: Callable[[], None]  # wakes the outbox relay
+    signups: SignupLimiter = field(default_factory=SignupLimiter)
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
@@ -60,31 +126,55 @@ class ServiceState:
             yield session
         self.notify()
 
+    def client(self, request: Request) -> str:
+        return client_address(request, self.settings.trusted_proxy_set)
+
     def origin(self, request: Request, source: ConsentSource = "page") -> Origin:
-        address = client_address(request, self.settings.trusted_proxy_set) or None
-        return Origin(source, address)
+        return Origin(source, self.client(request) or None)
+
+    def visitor_language(self, request: Request) -> str:
+        """For someone we do not know: ``?lang=``, else what their browser asks for."""
+        return self.renderer.translations.negotiate(
+            request.query_params.get("lang"), request.headers.get("accept-language")
+        )
 
     def page(
-        self, request: Request, name: str, context: dict[str, Any] | None = None, status: int = 200
+        self,
+        request: Request,
+        name: str,
+        context: dict[str, Any] | None = None,
+        status: int = 200,
+        *,
+        language: str | None = None,
     ) -> HTMLResponse:
+        chosen = self.renderer.translations.choose(language) if language else None
+        lang = chosen or self.visitor_language(request)
         values = {"public_url": self.settings.public_url, **(context or {})}
-        response = self.templates.TemplateResponse(request, name, values, status_code=status)
+        response = HTMLResponse(self.renderer.page(lang, name, values), status_code=status)
+        response.headers["Content-Language"] = lang
         # Pages carry personal links and data: never cached by a shared cache.
         response.headers["Cache-Control"] = "no-store"
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
 
-    def error_page(self, request: Request, status: int, title: str, message: str) -> HTMLResponse:
-        return self.page(request, "error.html", {"title": title, "message": message}, status)
+    def error_page(
+        self,
+        request: Request,
+        status: int,
+        title: str,
+        message: str,
+        *,
+        language: str | None = None,
+    ) -> HTMLResponse:
+        lang = language or self.visitor_language(request)
+        context = {
+            "title": self.renderer.gettext(lang, title),
+            "message": self.renderer.gettext(lang, message),
+        }
+        return self.page(request, "error.html", context, status, language=lang)
 
     def invalid_link(self, request: Request) -> HTMLResponse:
-        return self.error_page(
-            request,
-            404,
-            "This link does not work",
-            "The link may be incomplete, too old, or no longer valid. "
-            "Please use the most recent message we sent you.",
-        )
+        return self.error_page(request, 404, INVALID_LINK_TITLE, INVALID_LINK_MESSAGE)
 
 
 def get_state(request: Request) -> ServiceState:

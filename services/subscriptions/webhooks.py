@@ -54,7 +54,7 @@ async def inbound_sms(request: Request, state: StateDep) -> Response:
         )
     if reply is None:
         return twiml(None)
-    text = state.sms_texts.get_template(reply.template).render(
-        public_url=settings.public_url, **reply.context
+    text = state.renderer.sms(
+        reply.language, reply.template, {"public_url": settings.public_url, **reply.context}
     )
-    return twiml(text.strip())
+    return twiml(text)

@@ -96,7 +96,8 @@ async def test_action_page_in_the_subscribers_language(
     french = await seed(sessionmaker, links, language="fr")
     page = await client.get(french.path)
     assert "Action urgente" in page.text
-    assert '<html lang="fr">' in page.text
+    assert '<html lang="fr" dir="ltr">' in page.text
+    assert "Dites-nous ce que vous avez fait" in page.text  # the page's own words too
 
 
 async def test_action_page_falls_back_to_the_default_language(
@@ -105,6 +106,9 @@ async def test_action_page_falls_back_to_the_default_language(
     german = await seed(sessionmaker, links, language="de")
     page = await client.get(german.path)
     assert "Urgent Action &lt;script&gt;" in page.text
+    # Pages in German do not exist: English around the English text.
+    assert '<html lang="en" dir="ltr">' in page.text
+    assert '<h1 lang="en">' in page.text
 
 
 async def test_report_as_json_counts_once_per_report_id(

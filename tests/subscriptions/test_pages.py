@@ -181,7 +181,9 @@ async def test_preferences_page_and_form(
         },
     )
     assert saved.status_code == 200
-    assert "saved" in saved.text
+    # The page now speaks the language just chosen.
+    assert '<html lang="fr" dir="ltr">' in saved.text
+    assert "Vos préférences sont enregistrées." in saved.text
     subscriber = await reload(sessionmaker)
     assert subscriber.themes == ["death-penalty", "refugees"]
     assert (subscriber.language, subscriber.timezone, subscriber.frequency) == (

@@ -145,7 +145,7 @@ async def test_sign_up_form_and_page(
 ) -> None:
     page = await client.get("/signup")
     assert page.status_code == 200
-    assert 'action="/api/v1/subscribers"' in page.text
+    assert 'action="/api/v1/subscribers?lang=en"' in page.text
     assert 'name="email"' in page.text
 
     invalid = await client.post(
