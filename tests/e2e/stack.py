@@ -128,14 +128,22 @@ def stack_environment(
 
 
 async def open_stack(
-    *, amqp_url: str, database_urls: dict[str, str], log_dir: Path, secret: str
+    *,
+    amqp_url: str,
+    database_urls: dict[str, str],
+    log_dir: Path,
+    secret: str,
+    smtp: SmtpRecorder | None = None,
+    env: dict[str, str] | None = None,
 ) -> Stack:
-    smtp = SmtpRecorder()
+    """Migrated databases and the three services as processes, on ``smtp`` (a plain recorder
+    unless given) and the Twilio-compatible fake; ``env`` adds or overrides settings."""
+    smtp = smtp or SmtpRecorder()
     smtp.start()
     twilio = FakeTwilio(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
     await twilio.start()
     ports = {service: free_port() for service in SERVICES}
-    env = stack_environment(
+    environment = stack_environment(
         amqp_url=amqp_url,
         database_urls=database_urls,
         smtp_port=smtp.port,
@@ -143,9 +151,11 @@ async def open_stack(
         ports=ports,
         secret=secret,
     )
-    stack = Stack(env=env, smtp=smtp, twilio=twilio, log_dir=log_dir, ports=ports)
-    migrated = stack.cli("migrate")
+    environment.update(env or {})
+    stack = Stack(env=environment, smtp=smtp, twilio=twilio, log_dir=log_dir, ports=ports)
+    migrated = await asyncio.to_thread(stack.cli, "migrate")
     if migrated.returncode != 0:
+        await close_stack(stack)
         raise RuntimeError(f"migrate failed: {migrated.stderr}")
     for service in SERVICES:
         stack.start(service)

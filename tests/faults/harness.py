@@ -19,8 +19,7 @@ from devtools.twilio_fake import FakeTwilio
 from services.dispatcher.models import Delivery
 from services.subscriptions.models import Subscriber
 from shared.db import make_engine, utcnow
-from shared.settings import SERVICES
-from tests.e2e.stack import ACCOUNT_SID, AUTH_TOKEN, Stack, stack_environment
+from tests.e2e.stack import Stack, open_stack
 from tests.support import SmtpRecorder, free_port
 
 CONFIRMED = "confirmed"
@@ -256,30 +255,15 @@ async def open_fault_stack(
 ) -> FaultStack:
     """Migrated databases and the three services as processes, on a misbehaving SMTP server."""
     smtp = FaultySmtp()
-    smtp.start()
-    twilio = FakeTwilio(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
-    await twilio.start()
-    ports = {service: free_port() for service in SERVICES}
-    environment = stack_environment(
+    stack = await open_stack(
         amqp_url=amqp_url,
         database_urls=database_urls,
-        smtp_port=smtp.port,
-        twilio_base=twilio.base_url,
-        ports=ports,
+        log_dir=log_dir,
         secret=secret,
+        smtp=smtp,
+        env=env,
     )
-    environment.update(env or {})
-    stack = Stack(env=environment, smtp=smtp, twilio=twilio, log_dir=log_dir, ports=ports)
-    faults = FaultStack(stack, smtp, twilio, database_urls, amqp_url.rsplit("/", 1)[1])
-    migrated = await asyncio.to_thread(stack.cli, "migrate")
-    if migrated.returncode != 0:
-        await close_fault_stack(faults)
-        raise RuntimeError(f"migrate failed: {migrated.stderr}")
-    for service in SERVICES:
-        stack.start(service)
-    for service in SERVICES:
-        await stack.wait_ready(service)
-    return faults
+    return FaultStack(stack, smtp, stack.twilio, database_urls, amqp_url.rsplit("/", 1)[1])
 
 
 async def close_fault_stack(faults: FaultStack) -> None:
