@@ -103,6 +103,12 @@ def peak_memory_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (what a 2-core machine runs short of)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def import_cli_available(stack: Stack) -> bool:
     return stack.cli("subscribers", "import", "--help").returncode == 0
 
@@ -233,6 +239,7 @@ async def run(n: int, postgres: bool, concurrency: int, keep: bool) -> None:
         async with httpx.AsyncClient(timeout=60) as client:
             created = await client.post(api, json={**ACTION, "channels": ["email"]}, headers=auth)
             action_id = created.json()["id"]
+            cpu_at_publish = {s: cpu_seconds(p.pid) for s, p in stack.processes.items()}
             published_at = time.monotonic()
             response = await client.post(f"{api}/{action_id}/publish", headers=auth)
             assert response.status_code == 200, response.text
@@ -240,6 +247,7 @@ async def run(n: int, postgres: bool, concurrency: int, keep: bool) -> None:
         if last_at is None or sink.first_at is None:
             raise SystemExit(f"only {sink.count} of {n} arrived in 10 minutes")
         memory = {s: peak_memory_mb(p.pid) for s, p in stack.processes.items()}
+        cpu = {s: cpu_seconds(p.pid) - cpu_at_publish[s] for s, p in stack.processes.items()}
         first = sink.first_at - published_at
         total = last_at - published_at
         rate = n / total
@@ -255,6 +263,11 @@ async def run(n: int, postgres: bool, concurrency: int, keep: bool) -> None:
         print(f"ratio: {rate / floor:.2f} of the floor")
         for service, mb in memory.items():
             print(f"peak memory (VmHWM) {service}: {mb:.0f} MB")
+        for service, seconds in cpu.items():
+            print(
+                f"CPU {service}: {seconds:.1f}s ({seconds / total:.0%} of a core, "
+                f"{seconds / n * 1e6:.0f} us a message)"
+            )
     finally:
         stack.stop_all()
         await twilio.stop()

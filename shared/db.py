@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import DateTime, Index, String, Text, event, select, text
+from sqlalchemy import DateTime, Index, String, Text, delete, event, func, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -44,9 +44,12 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             raise ValueError("naive datetime")
-        return value.astimezone(UTC) if value is not None else None
+        # Already UTC (utcnow(), nearly every value): no conversion, several per ledger row.
+        return value if value.tzinfo is UTC else value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is not None and value.tzinfo is None:
@@ -60,6 +63,14 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         # hide_parameters: an error message must never carry an address or number into a log.
+        # One connection per process: every transaction takes SQLite's write lock anyway
+        # (BEGIN IMMEDIATE below), so more connections only made the process's own writers
+        # wait in SQLite's busy handler, which sleeps (up to 100 ms a try) and is not fair: a
+        # writer that commits and begins again, like a fan-out's page loop, starved the outbox
+        # relay for seconds. Queued on the pool, they take turns in order. Other processes on
+        # the same file still wait through the busy timeout.
+        if parsed.database and parsed.database != ":memory:":
+            kwargs = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 30, **kwargs}
         engine = create_async_engine(
             url, connect_args={"timeout": 30}, hide_parameters=True, **kwargs
         )
@@ -177,11 +188,27 @@ async def already_processed(
     return False
 
 
+class OutboxCompactor(Protocol):
+    """Folds pending outbox rows of one kind into fewer messages (counts that add up)."""
+
+    routing_keys: tuple[str, ...]
+
+    def merge(
+        self, bodies: Sequence[tuple[str, str]]
+    ) -> Sequence[tuple[Sequence[str], events.Message]]:
+        """Given (row id, body) pairs, return the groups to replace: (row ids, merged message)."""
+        ...
+
+
 class OutboxRelay:
     """Publishes committed outbox rows, oldest first, and marks them published once confirmed.
 
     ``notify()`` wakes it right after a commit; it also polls, so rows written by another process
     (the CLI, a crashed predecessor) go out too.
+
+    ``min_interval`` spaces the passes, so a ``compactor`` can fold what accumulated meanwhile
+    (a fan-out's delivery counts) into one message instead of one per commit. A pass loads at
+    most ``max_bytes`` of bodies, so memory stays bounded whatever waits in the outbox.
     """
 
     def __init__(
@@ -192,14 +219,22 @@ class OutboxRelay:
         *,
         poll_interval: float = 0.5,
         batch_size: int = 200,
+        max_bytes: int = 4_000_000,
+        min_interval: float = 0.0,
+        compactor: OutboxCompactor | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.model = model
         self.broker = broker
         self.poll_interval = poll_interval
         self.batch_size = batch_size
+        self.max_bytes = max_bytes
+        self.min_interval = min_interval
+        self.compactor = compactor
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Set by a pass that left rows behind (its row or byte limit): go on at once.
+        self._more = False
 
     def notify(self) -> None:
         self._wake.set()
@@ -219,50 +254,136 @@ class OutboxRelay:
             self._task = None
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
+            # Cleared before the pass: a commit notified during it (or during the spacing
+            # below) gets a pass of its own right after, not only at the next poll.
+            self._wake.clear()
             try:
-                published = await self.relay_once()
+                await self.relay_once()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - broker or database away: try again shortly
                 log.warning("outbox relay failed; retrying", exc_info=True)
-                published = 0
+                self._more = False
                 await asyncio.sleep(1.0)
-            if published >= self.batch_size:
+            if self.min_interval:
+                await asyncio.sleep(max(0.0, started + self.min_interval - loop.time()))
+            if self._more:
                 continue
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
             except TimeoutError:
                 pass
 
     async def relay_once(self) -> int:
+        """One pass: compact, publish what is pending (bounded), mark it. Returns rows published."""
+        if self.compactor is not None:
+            await self._compact()
+        async with self.sessionmaker() as session, session.begin():
+            postgres = _is_postgres(session)
+            if postgres or self.compactor is not None:
+                # The rows stay locked until they are marked, publishing included: on PostgreSQL
+                # two processes of one service never publish the same row at once (skip locked);
+                # with a compactor, no other process can fold a row into a merged message
+                # while this one publishes it (on SQLite the write lock does that: the passes
+                # are spaced by ``min_interval``, so it is held only a small share of the time).
+                rows = await self._pending(session, lock=postgres)
+                await self._publish(rows)
+                await self._mark(session, rows)
+                return len(rows)
+            rows = await self._pending(session, lock=False)
+        # SQLite: publishing outside the transaction, so the write lock is not held while the
+        # broker confirms (a fan-out's next pages used to queue behind every publish). A crash
+        # before the mark, or a second process reading the same rows, publishes a row twice,
+        # and consumers drop the duplicate by message id.
+        await self._publish(rows)
+        if rows:
+            async with self.sessionmaker() as session, session.begin():
+                await self._mark(session, rows)
+        return len(rows)
+
+    async def _pending(self, session: AsyncSession, *, lock: bool) -> list[tuple[str, str, str]]:
+        """(id, routing key, body) of the oldest unpublished rows, within both limits."""
+        model = self.model
+        query = (
+            select(model.id, model.routing_key, func.length(model.body))
+            .where(model.published_at.is_(None))
+            .order_by(model.created_at, model.id)
+            .limit(self.batch_size)
+        )
+        if lock:
+            query = query.with_for_update(skip_locked=True)
+        found = (await session.execute(query)).all()
+        taken: dict[str, str] = {}
+        size = 0
+        for row_id, routing_key, length in found:
+            if taken and size + (length or 0) > self.max_bytes:
+                break
+            taken[row_id] = routing_key
+            size += length or 0
+        self._more = len(found) == self.batch_size or len(taken) < len(found)
+        if not taken:
+            return []
+        bodies = dict(
+            (await session.execute(select(model.id, model.body).where(model.id.in_(taken)))).all()
+        )
+        return [(row_id, key, bodies[row_id]) for row_id, key in taken.items()]
+
+    async def _publish(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        # Concurrently, every confirm awaited: a publish that is not confirmed is not done.
+        await asyncio.gather(
+            *(
+                self.broker.publish(routing_key, body.encode(), message_id=row_id)
+                for row_id, routing_key, body in rows
+            )
+        )
+
+    async def _mark(self, session: AsyncSession, rows: Sequence[tuple[str, str, str]]) -> None:
+        model = self.model
+        ids = [row_id for row_id, _, _ in rows]
+        now = utcnow()
+        for start in range(0, len(ids), 500):
+            await session.execute(
+                update(model)
+                .where(model.id.in_(ids[start : start + 500]))
+                .values(published_at=now)
+                .execution_options(synchronize_session=False)
+            )
+
+    async def _compact(self) -> None:
+        """Replace pending rows the compactor can fold by their merged messages, committed
+        before anything is published: a merged message is published exactly like any other
+        row, and its parts never are."""
+        assert self.compactor is not None
         model = self.model
         async with self.sessionmaker() as session, session.begin():
             query = (
-                select(model)
-                .where(model.published_at.is_(None))
+                select(model.id, model.body)
+                .where(
+                    model.published_at.is_(None),
+                    model.routing_key.in_(self.compactor.routing_keys),
+                )
                 .order_by(model.created_at, model.id)
                 .limit(self.batch_size)
             )
-            if session.bind is not None and session.bind.dialect.name == "postgresql":
-                # Two processes of one service never publish the same row at once.
+            if _is_postgres(session):
                 query = query.with_for_update(skip_locked=True)
-            rows = (await session.execute(query)).scalars().all()
-            if not rows:
-                return 0
-            # Publish concurrently, await every confirm, then mark: a crash before the commit
-            # republishes, and consumers drop the duplicate by message id.
-            await asyncio.gather(
-                *(
-                    self.broker.publish(row.routing_key, row.body.encode(), message_id=row.id)
-                    for row in rows
+            pending = [(row_id, body) for row_id, body in (await session.execute(query)).all()]
+            if len(pending) < 2:
+                return
+            for ids, merged in self.compactor.merge(pending):
+                await session.execute(
+                    delete(model)
+                    .where(model.id.in_(ids), model.published_at.is_(None))
+                    .execution_options(synchronize_session=False)
                 )
-            )
-            now = utcnow()
-            for row in rows:
-                row.published_at = now
-        return len(rows)
+                session.add(outbox_row(model, merged))
+
+
+def _is_postgres(session: AsyncSession) -> bool:
+    return session.bind is not None and session.bind.dialect.name == "postgresql"
 
 
 @asynccontextmanager

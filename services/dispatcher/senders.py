@@ -13,6 +13,7 @@ from typing import Literal, Protocol
 
 import aiohttp
 import aiosmtplib
+from aiosmtplib import SMTPStatus
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client as TwilioClient
@@ -83,6 +84,12 @@ class SmtpEmailSender:
             password=s.smtp_password.get_secret_value() if s.smtp_password else None,
         )
         await client.connect()
+        if client.is_ehlo_or_helo_needed:
+            # Greeted once here, so a transaction needs no check (and SIZE is known).
+            try:
+                await client.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await client.helo()
         return client
 
     async def send(self, sender: str, recipient: str, message: bytes) -> SendResult:
@@ -91,11 +98,10 @@ class SmtpEmailSender:
             try:
                 if client is None or not client.is_connected:
                     client = await self._connect()
-                await client.sendmail(sender, [recipient], message)
-            except aiosmtplib.SMTPRecipientsRefused as exc:
+                await _transaction(client, sender, recipient, message)
+            except aiosmtplib.SMTPRecipientRefused as exc:
                 await _discard(client)
-                code = exc.recipients[0].code if exc.recipients else 550
-                return _smtp_result(code, recipient_level=True)
+                return _smtp_result(exc.code, recipient_level=True)
             except aiosmtplib.SMTPResponseException as exc:
                 await _discard(client)
                 # A refused sender or failed login is our configuration, not the recipient:
@@ -120,6 +126,27 @@ class SmtpEmailSender:
                 await client.quit()
             except (aiosmtplib.SMTPException, OSError, TimeoutError):
                 client.close()
+
+
+async def _transaction(
+    client: aiosmtplib.SMTP, sender: str, recipient: str, message: bytes
+) -> None:
+    """MAIL, RCPT, DATA for one recipient: what ``sendmail`` does, less what it repeats for
+    every message (each address parsed by ``email.utils`` twice, the body normalized twice to
+    compute its size), a fifth of the dispatcher's time per message. The bytes are ours, CRLF
+    already; the addresses too: a recipient fit for our ``To:`` header (rendering refuses any
+    with a space, a control character, ``<``, ``>`` or ``,``), the sender from the settings,
+    and aiosmtplib still refuses CR, LF or NUL in a command. A refusal raises
+    (SMTPSenderRefused, SMTPRecipientRefused, SMTPDataError); the caller drops the connection
+    rather than resetting it."""
+    options = [b"SIZE=%d" % len(message)] if client.supports_extension("size") else []
+    response = await client.execute_command(b"MAIL", b"FROM:<%s>" % sender.encode(), *options)
+    if response.code != SMTPStatus.completed:
+        raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
+    response = await client.execute_command(b"RCPT", b"TO:<%s>" % recipient.encode("ascii"))
+    if response.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
+        raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)
+    await client.data(message)
 
 
 async def _discard(client: aiosmtplib.SMTP | None) -> None:

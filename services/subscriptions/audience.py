@@ -13,9 +13,9 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, false, or_, select
+from sqlalchemy import Table, and_, false, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.subscriptions import store
@@ -35,6 +35,8 @@ from shared.events import Audience, AudienceCounted, Channel, DeliveryBatch, Rec
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 500
+# Core, not the ORM's bulk insert: its per-row bookkeeping was a tenth of a page's cost.
+_RECIPIENTS = cast(Table, ActionRecipient.__table__)
 ALERT = "alert"
 CLOSED = "closed"
 CHANNELS: tuple[Channel, ...] = ("email", "sms")
@@ -259,30 +261,36 @@ async def _alert_page(
             chosen.append((subscriber, channels))
     if not chosen:
         return False
-    rows = [
-        ActionRecipient(
-            action_id=action.id,
-            subscriber_id=subscriber.id,
-            via_email="email" in channels,
-            via_sms="sms" in channels,
-            created_at=utcnow(),
+    now = utcnow()
+    # One bulk INSERT … RETURNING, ids in row order: the recipient ids the act links carry
+    # (building 500 ORM objects and flushing them cost more than the insert itself).
+    recipient_ids = list(
+        await session.scalars(
+            insert(_RECIPIENTS).returning(_RECIPIENTS.c.id, sort_by_parameter_order=True),
+            [
+                {
+                    "action_id": action.id,
+                    "subscriber_id": subscriber.id,
+                    "via_email": "email" in channels,
+                    "via_sms": "sms" in channels,
+                    "created_at": now,
+                }
+                for subscriber, channels in chosen
+            ],
         )
-        for subscriber, channels in chosen
-    ]
-    session.add_all(rows)
-    await session.flush()  # assigns the recipient ids the act links carry
+    )
     context = MessageContext(
         languages=frozenset(action.content),
         default_language=action.default_language,
         local_time=action.urgency == "standard",
     )
     recipients: list[Recipient] = []
-    for row, (subscriber, channels) in zip(rows, chosen, strict=True):
+    for recipient_id, (subscriber, channels) in zip(recipient_ids, chosen, strict=True):
         recipients.extend(
             recipients_for(
                 links=links,
                 subscriber=subscriber,
-                recipient_id=row.id,
+                recipient_id=recipient_id,
                 channels=channels,
                 context=context,
             )

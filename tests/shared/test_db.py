@@ -4,7 +4,8 @@ processed-message log, and timezone-aware datetimes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -27,7 +28,15 @@ from shared.db import (
     transaction,
 )
 from shared.messaging import Broker
-from tests.shared.conftest import TEST_QUEUES, WORK, Recorder, TcpProxy, erased, eventually
+from tests.shared.conftest import (
+    OTHER,
+    TEST_QUEUES,
+    WORK,
+    Recorder,
+    TcpProxy,
+    erased,
+    eventually,
+)
 
 
 class Base(DeclarativeBase):
@@ -104,6 +113,77 @@ async def test_relay_publishes_committed_rows_in_order_and_marks_them(
     finally:
         await relay.stop()
     assert not set(recorder.ids()) & {str(e.message_id) for e in doomed}
+
+
+async def test_relay_loads_a_bounded_number_of_bytes_per_pass_and_goes_on_at_once(
+    db: tuple[AsyncEngine, async_sessionmaker[AsyncSession]], broker: Broker
+) -> None:
+    _, sessionmaker = db
+    recorder = Recorder()
+    await broker.consume(WORK.name, recorder, [events.SubscriberErased], prefetch=50)
+    sent = [erased() for _ in range(7)]
+    async with transaction(sessionmaker) as session:
+        session.add_all([outbox_row(Outbox, e) for e in sent])
+    size = len(sent[0].model_dump_json())
+    # Two bodies fit a pass: a fan-out's big batches waiting in the outbox are never all in memory.
+    relay = OutboxRelay(sessionmaker, Outbox, broker, max_bytes=2 * size + 1)
+    assert [await relay.relay_once() for _ in range(5)] == [2, 2, 2, 1, 0]
+    await eventually(lambda: len(recorder.got) == len(sent))
+    assert recorder.ids() == [str(e.message_id) for e in sent]
+    assert all((await _published(sessionmaker)).values())
+
+
+class _AudienceCompactor:
+    """Folds AudienceCounted of one action (their counts add up), like the dispatcher's
+    DeliveryReportCompactor does with delivery counts."""
+
+    routing_keys = (events.AudienceCounted.ROUTING_KEY,)
+
+    def merge(self, bodies: Sequence[tuple[str, str]]) -> list[tuple[list[str], events.Message]]:
+        groups: dict[uuid.UUID, list[tuple[str, events.AudienceCounted]]] = {}
+        for row_id, body in bodies:
+            counted = events.AudienceCounted.model_validate_json(body)
+            groups.setdefault(counted.action_id, []).append((row_id, counted))
+        return [
+            (
+                [row_id for row_id, _ in members],
+                events.AudienceCounted(
+                    action_id=action_id,
+                    recipients={"email": sum(c.recipients["email"] for _, c in members)},
+                    by_country={},
+                ),
+            )
+            for action_id, members in groups.items()
+            if len(members) > 1
+        ]
+
+
+async def test_relay_compacts_pending_rows_into_one_message_each_and_drops_the_parts(
+    db: tuple[AsyncEngine, async_sessionmaker[AsyncSession]], broker: Broker
+) -> None:
+    _, sessionmaker = db
+    counts, others = Recorder(), Recorder()
+    await broker.consume(OTHER.name, counts, [events.AudienceCounted], prefetch=50)
+    await broker.consume(WORK.name, others, [events.SubscriberErased], prefetch=50)
+    busy, quiet = uuid.uuid4(), uuid.uuid4()
+    parts = [
+        events.AudienceCounted(action_id=action, recipients={"email": n}, by_country={})
+        for action, n in [(busy, 1), (busy, 2), (quiet, 7), (busy, 3), (busy, 4)]
+    ]
+    gone = erased()
+    async with transaction(sessionmaker) as session:
+        session.add_all([outbox_row(Outbox, m) for m in [*parts, gone]])
+    relay = OutboxRelay(sessionmaker, Outbox, broker, compactor=_AudienceCompactor())
+    assert await relay.relay_once() == 3  # busy's four parts as one, quiet's, the erasure
+    await eventually(lambda: len(counts.got) == 2 and len(others.got) == 1)
+    got = {m.action_id: m for m, _ in counts.got if isinstance(m, events.AudienceCounted)}
+    assert {a: m.recipients["email"] for a, m in got.items()} == {busy: 10, quiet: 7}
+    # quiet's lone row went out as itself; busy's parts never go out, and are not kept.
+    assert got[quiet].message_id == parts[2].message_id
+    published = await _published(sessionmaker)
+    assert not {str(p.message_id) for p in parts if p.action_id == busy} & set(published)
+    assert len(published) == 3 and all(published.values())
+    assert await relay.relay_once() == 0
 
 
 async def test_relay_keeps_rows_while_the_broker_is_away_and_publishes_them_later(
