@@ -214,6 +214,20 @@ class SubscriberErased(Message):
     subscriber_id: uuid.UUID
 
 
+class LetterRequested(Message):
+    """Command to the dispatcher: email a subscriber's letter to each target of an action that
+    has an address (mail-to-target). ``letter_id`` is the dedup key of every send."""
+
+    ROUTING_KEY: ClassVar[str] = "letter.requested"
+    letter_id: uuid.UUID
+    action_id: uuid.UUID
+    subscriber_id: uuid.UUID
+    language: str
+    sender_name: str = Field(max_length=200)
+    sender_email: str = Field(max_length=320)
+    body: str = Field(max_length=20_000)
+
+
 # ---- dispatcher -> publisher / subscriptions --------------------------------------------------
 
 
@@ -248,6 +262,17 @@ class RecipientSuppressed(Message):
     reason: Literal["hard_bounce", "opted_out"]
 
 
+class TargetBounced(Message):
+    """A letter to an action's target was refused for good (SMTP 5xx): staff should fix it."""
+
+    ROUTING_KEY: ClassVar[str] = "target.bounced"
+    action_id: uuid.UUID
+    letter_id: uuid.UUID
+    target_name: str
+    address: str
+    error_code: str | None = None
+
+
 ALL_MESSAGES: tuple[type[Message], ...] = (
     ApiTokenIssued,
     ApiTokenRevoked,
@@ -259,7 +284,9 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     TransactionalMessage,
     ResponseRecorded,
     SubscriberErased,
+    LetterRequested,
     DeliveriesReported,
     DeliveryStatusChanged,
     RecipientSuppressed,
+    TargetBounced,
 )

@@ -101,6 +101,9 @@ QUEUES: tuple[QueueSpec, ...] = (
     QueueSpec(
         "dispatcher.messages", (events.TransactionalMessage.ROUTING_KEY,), (1, 5, 30, 120, 600)
     ),
+    # Letters to officials: 60 s is also the wait of a letter held back by a target's rate limit.
+    QueueSpec("dispatcher.letters", (events.LetterRequested.ROUTING_KEY,), (1, 5, 60, 300, 900)),
+    QueueSpec("publisher.targets", (events.TargetBounced.ROUTING_KEY,)),
 )
 QUEUES_BY_NAME = {q.name: q for q in QUEUES}
 
@@ -159,12 +162,17 @@ async def declare_topology(
 
 
 class Retry(Exception):
-    """A temporary failure: handle this message again later (through a delay queue)."""
+    """A temporary failure: handle this message again later (through a delay queue).
 
-    def __init__(self, reason: str, *, delay: int | None = None) -> None:
+    ``defer=True`` is a wait, not a failure (e.g. a rate limit): it does not use up the
+    message's retries, so it needs an end of its own (the letters' one is the action's close).
+    """
+
+    def __init__(self, reason: str, *, delay: int | None = None, defer: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.delay = delay
+        self.defer = defer
 
 
 class Reject(Exception):
@@ -380,7 +388,9 @@ class Broker:
                 await self._settle_dead(spec, message, exc.reason)
                 return
             except Retry as exc:
-                await self._settle_retry(spec, message, routing_key, attempt, exc.reason, exc.delay)
+                await self._settle_retry(
+                    spec, message, routing_key, attempt, exc.reason, exc.delay, defer=exc.defer
+                )
                 return
             except asyncio.CancelledError:
                 # Shutting down mid-message: leave it unacked so the broker redelivers it.
@@ -441,13 +451,21 @@ class Broker:
         attempt: int,
         reason: str,
         delay: int | None,
+        *,
+        defer: bool = False,
     ) -> None:
-        if attempt >= len(spec.retry_delays):
+        if attempt >= len(spec.retry_delays) and not defer:
             await self._settle_dead(spec, message, f"gave up after {attempt} retries: {reason}")
             return
-        wait = delay if delay in spec.retry_delays else spec.retry_delays[attempt]
+        if delay in spec.retry_delays:
+            wait = delay
+        else:
+            wait = spec.retry_delays[min(attempt, len(spec.retry_delays) - 1)]
         headers = dict(message.headers or {})
-        headers.update({H_ATTEMPT: attempt + 1, H_ROUTING_KEY: routing_key, H_REASON: reason[:500]})
+        next_attempt = attempt if defer else attempt + 1
+        headers.update(
+            {H_ATTEMPT: next_attempt, H_ROUTING_KEY: routing_key, H_REASON: reason[:500]}
+        )
         await self.publish(
             spec.delay_queue(wait),
             message.body,

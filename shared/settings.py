@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     sms_rate: Rate = Decimal("1")
     # SMTP connections each dispatcher process keeps open and sends on at once.
     smtp_concurrency: int = Field(16, ge=1, le=200)
+    # Letters to officials (mail-to-target): most a minute to one target address, all
+    # dispatcher processes together; the rest wait in a delay queue. 0 means no limit.
+    letters_per_target_per_minute: int = Field(10, ge=0, le=10_000)
     trusted_proxies: str = "127.0.0.1"
 
     @field_validator("amqp_url")

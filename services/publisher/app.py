@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.publisher.api import install_error_responses, router
+from services.publisher.bounces import BOUNCE_QUEUE, BounceConsumer
 from services.publisher.console import install_console
 from services.publisher.database import Database
 from services.publisher.models import Outbox
 from services.publisher.tally import TALLY_EVENTS, StatsNotifier, TallyConsumer
+from shared import events
 from shared.runtime import ServiceRuntime, Subscription
 from shared.settings import Settings
 from shared.web import install_common
@@ -29,7 +31,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start([Subscription(TALLY_QUEUE, tally, TALLY_EVENTS)])
+        await runtime.start(
+            [
+                Subscription(TALLY_QUEUE, tally, TALLY_EVENTS),
+                Subscription(BOUNCE_QUEUE, BounceConsumer(database), (events.TargetBounced,)),
+            ]
+        )
         try:
             yield
         finally:

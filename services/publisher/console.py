@@ -27,6 +27,7 @@ from services.dispatcher.rendering import Renderer
 from services.publisher import actions as domain
 from services.publisher.api import save_new_draft
 from services.publisher.auth import ROLES, WRITE_ROLES
+from services.publisher.bounces import bounces_of
 from services.publisher.charts import SERIES, Minute, activity_svg
 from services.publisher.database import Database
 from services.publisher.forms import DraftForm
@@ -462,6 +463,7 @@ async def _action_page(
 ) -> HTMLResponse:
     async with _database(request).read() as session:
         stats = await read_stats(session=session, action_id=action.id)
+        bounces = await bounces_of(session=session, action_id=action.id)
     renderer = Renderer(mail_from=request.app.state.settings.mail_from)
     return render(
         request,
@@ -469,6 +471,7 @@ async def _action_page(
         {
             "action": action,
             "stats": stats,
+            "bounces": bounces,
             "series": SERIES,
             "body_html": {
                 lang: renderer.markdown(text.get("body") or "")

@@ -178,3 +178,19 @@ class ActivityBucket(Base):
     sent: Mapped[int] = mapped_column(Integer, default=0)
     delivered: Mapped[int] = mapped_column(Integer, default=0)
     actions: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class TargetBounce(Base):
+    """A target address that refused a subscriber's letter for good: shown to staff to fix."""
+
+    __tablename__ = "action_target_bounces"
+
+    action_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("urgent_actions.id", ondelete="CASCADE"), primary_key=True
+    )
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    target_name: Mapped[str] = mapped_column(String(300))
+    error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    letters: Mapped[int] = mapped_column(Integer, default=0)
+    first_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

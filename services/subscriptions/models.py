@@ -230,3 +230,26 @@ class Response(Base):
     count: Mapped[int] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Letter(Base):
+    """A letter a subscriber asked us to email to an action's targets (mail-to-target).
+
+    ``id`` is the letter id (made when the page was rendered, so a resubmitted form sends once).
+    The text, name and email travel only in the dispatcher's command: not kept here.
+    """
+
+    __tablename__ = "letters"
+    __table_args__ = (Index("ix_letters_action_subscriber", "action_id", "subscriber_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    action_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("known_actions.id", ondelete="CASCADE")
+    )
+    subscriber_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("subscribers.id", ondelete="CASCADE")
+    )
+    language: Mapped[str] = mapped_column(String(2))
+    # How many targets with an email address it went to (what the tally counts).
+    targets: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

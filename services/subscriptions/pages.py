@@ -13,13 +13,14 @@ from markdown_it import MarkdownIt
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from services.subscriptions import store
+from services.subscriptions import letters, store
 from services.subscriptions.audience import content_language
 from services.subscriptions.models import ActionRecipient, ActionUpdate, KnownAction, Subscriber
 from services.subscriptions.responses import record_response
-from services.subscriptions.schemas import PreferencesUpdate, ReportCreate
+from services.subscriptions.schemas import LetterCreate, PreferencesUpdate, ReportCreate
 from services.subscriptions.subscribers import confirm_channel, unsubscribe, update_preferences
 from services.subscriptions.web import (
+    N_,
     BadBody,
     ServiceState,
     StateDep,
@@ -28,10 +29,34 @@ from services.subscriptions.web import (
     parse,
     read_body,
 )
+from shared.db import utcnow
 from shared.i18n import language_name
 from shared.tokens import InvalidToken
 
 router = APIRouter()
+
+# Why a letter cannot be sent: (HTTP status, title, message) of the page or JSON answer.
+LETTER_REFUSALS: dict[letters.Refusal, tuple[int, str, str]] = {
+    "closed": (
+        409,
+        N_("This case is closed"),
+        N_("Letters can no longer be sent for this case. Thank you for caring."),
+    ),
+    "deadline_passed": (
+        410,
+        N_("The deadline has passed"),
+        N_("Letters can no longer be sent for this case: its deadline has passed."),
+    ),
+    "no_targets": (
+        409,
+        N_("No email address for this case"),
+        N_("None of the officials for this case has an email address: please write by post."),
+    ),
+}
+TOO_MANY_LETTERS = (
+    N_("You have sent many letters already"),
+    N_("Thank you! You have sent the most letters we can send for one person on this case."),
+)
 
 # Staff write Markdown; raw HTML in it is shown as text, and markdown-it refuses javascript: links.
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
@@ -271,12 +296,26 @@ async def _action_page(
     *,
     status: int = 200,
     errors: dict[str, str] | None = None,
+    letter_errors: dict[str, str] | None = None,
+    letter_values: dict[str, str] | None = None,
 ) -> HTMLResponse:
     language = content_language(subscriber.language, action.content, action.default_language)
     content: dict[str, Any] = action.content.get(language) or next(
         iter(action.content.values()), {}
     )
+    refused = letters.refusal(action, utcnow().date())
     context = {
+        "letter_targets": letters.email_targets(action),
+        "letter_refused": refused,
+        "letter_id": uuid.uuid4(),
+        "letter_errors": letter_errors or {},
+        # Prefilled with the model letter in the language the page shows the case in.
+        "letter_values": letter_values
+        or {
+            "name": subscriber.name or "",
+            "email": subscriber.email or "",
+            "letter": str(content.get("model_letter") or ""),
+        },
         "content_lang": language,
         "action": action,
         "content": content,
@@ -343,3 +382,97 @@ async def report_action(token: str, request: Request, state: StateDep) -> Respon
             status_code=202,
         )
     return RedirectResponse(f"/act/{token}?reported=1#report", status_code=303)
+
+
+# ---- letters to the officials (mail-to-target) --------------------------------------------------
+
+
+def _letter_refused(
+    state: ServiceState,
+    request: Request,
+    as_json: bool,
+    status: int,
+    title: str,
+    message: str,
+    language: str,
+) -> Response:
+    if as_json:
+        return JSONResponse({"detail": message}, status_code=status)
+    return state.error_page(request, status, title, message, language=language)
+
+
+@router.post("/act/{token}/letter", response_model=None)
+async def send_letter(token: str, request: Request, state: StateDep) -> Response:
+    """Email the subscriber's letter to each target with an address (through the dispatcher)."""
+    as_json = is_json(request)
+    found = await _load_recipient(state, token)
+    if found is None:
+        if as_json:
+            return JSONResponse({"detail": "unknown or invalid link"}, status_code=404)
+        return state.invalid_link(request)
+    recipient, action, subscriber = found
+    refused = letters.refusal(action, utcnow().date())
+    if refused is not None:
+        status, title, message = LETTER_REFUSALS[refused]
+        return _letter_refused(state, request, as_json, status, title, message, subscriber.language)
+    try:
+        data = await read_body(request)
+    except BadBody as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+    try:
+        letter = parse(LetterCreate, data)
+    except RequestValidationError as exc:
+        if as_json:
+            raise
+        values = {k: str(data.get(k) or "")[:20_000] for k in ("name", "email", "letter")}
+        return await _action_page(
+            state,
+            request,
+            token,
+            action,
+            subscriber,
+            status=422,
+            letter_errors=errors_by_field(exc),
+            letter_values=values,
+        )
+    letter_id = letter.letter_id or uuid.uuid4()
+    language = content_language(subscriber.language, action.content, action.default_language)
+    try:
+        async with state.unit_of_work() as session:
+            outcome = await letters.request_letter(
+                session=session,
+                recipient=recipient,
+                subscriber=subscriber,
+                action=action,
+                letter=letter,
+                letter_id=letter_id,
+                language=language,
+            )
+    except IntegrityError:
+        outcome = "duplicate"  # the same letter id, raced in by a second submission
+    if outcome == "too_many":
+        title, message = TOO_MANY_LETTERS
+        return _letter_refused(state, request, as_json, 429, title, message, subscriber.language)
+    targets = letters.email_targets(action)
+    if as_json:
+        return JSONResponse(
+            {
+                "status": "accepted" if outcome == "accepted" else "duplicate",
+                "letter_id": str(letter_id),
+                "targets": len(targets),
+            },
+            status_code=202,
+        )
+    return state.page(
+        request,
+        "letter_sent.html",
+        {"targets": targets, "action_url": f"/act/{token}", "subject": _subject(action, language)},
+        language=subscriber.language,
+    )
+
+
+def _subject(action: KnownAction, language: str) -> str:
+    content: dict[str, Any] = action.content.get(language) or next(
+        iter(action.content.values()), {}
+    )
+    return str(content.get("subject", ""))

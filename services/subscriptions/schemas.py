@@ -239,3 +239,36 @@ class ReportCreate(BaseModel):
     @classmethod
     def _blank(cls, value: Any) -> Any:
         return _empty_to_none(value)
+
+
+MAX_LETTER_LENGTH = 10_000
+
+
+class LetterCreate(BaseModel):
+    """A letter to the officials of an action, written (or edited) by the subscriber."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    email: str = Field(min_length=1, max_length=320)
+    letter: str = Field(min_length=1, max_length=MAX_LETTER_LENGTH)
+    # Generated when the page was rendered, so a resubmitted form sends once.
+    letter_id: uuid.UUID | None = None
+
+    @field_validator("letter_id", mode="before")
+    @classmethod
+    def _blank(cls, value: Any) -> Any:
+        return _empty_to_none(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # One line: it becomes the display name of the email's From and Reply-To.
+        if any(ch in value for ch in "\r\n\x00"):
+            raise ValueError("must be on one line")
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        return normalize_email(value)

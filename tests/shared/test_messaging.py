@@ -195,6 +195,26 @@ async def test_after_the_last_retry_the_message_is_dead_lettered_with_the_reason
     assert bug.routing_key == events.SubscriberErased.ROUTING_KEY
 
 
+async def test_a_deferral_waits_in_the_delay_queue_without_using_up_the_retries(
+    broker: Broker, amqp_url: str
+) -> None:
+    recorder = Recorder()
+    event = erased()
+    waits = len(WORK.retry_delays) + 1  # more than a failing message would get
+
+    def held(delivery: Delivery) -> None:
+        if len([key for key, _ in recorder.seen if key == str(event.message_id)]) <= waits:
+            raise Retry("target over its rate", delay=1, defer=True)
+
+    recorder.fail[str(event.message_id)] = held
+    await broker.consume(WORK.name, recorder, [events.SubscriberErased])
+    await broker.publish_event(event)
+
+    await eventually(lambda: len(recorder.got) == 1, timeout=20)
+    assert [attempt for _, attempt in recorder.seen] == [0] * (waits + 1)
+    assert await list_dead_letters(amqp_url, queues=TEST_QUEUES) == []
+
+
 async def test_reject_and_malformed_bodies_are_dead_lettered_and_the_consumer_goes_on(
     broker: Broker, amqp_url: str
 ) -> None:

@@ -1,0 +1,126 @@
+"""A subscriber sends her letter to the officials from the action page, in headless Chromium with
+JavaScript off, against the three services as processes: the SMTP server on loopback gets it once
+per target with an email, and the staff console counts the emails. Screenshots of the letter form,
+the thank-you page and the console go to ``test-artifacts/``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from email.utils import getaddresses
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import Browser, async_playwright, expect
+
+from shared.settings import SERVICES
+from tests.browser.test_subscriber_pages import CHROMIUM, CHROMIUM_ARGS, every_field_is_labelled
+from tests.conftest import SECRET
+from tests.e2e.letters_flow import (
+    JUDGE,
+    MINISTER,
+    PASSWORD,
+    STAFF,
+    SUBSCRIBER,
+    create_staff_user,
+    publish_to_a_subscriber,
+)
+from tests.e2e.stack import Stack, close_stack, open_stack
+from tests.support import eventually
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+
+
+@pytest.fixture
+async def stack(amqp_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    urls = {s: f"sqlite+aiosqlite:///{tmp_path / f'{s}.db'}" for s in SERVICES}
+    running = await open_stack(
+        amqp_url=amqp_url, database_urls=urls, log_dir=tmp_path, secret=SECRET
+    )
+    try:
+        yield running
+    finally:
+        await close_stack(running)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+async def test_a_subscriber_sends_her_letter_and_staff_see_it_counted(
+    stack: Stack, browser: Browser, artifacts_dir: Path
+) -> None:
+    create_staff_user(stack)
+    async with httpx.AsyncClient(timeout=30) as client:
+        published = await publish_to_a_subscriber(client, stack)
+
+    context = await browser.new_context(
+        viewport={"width": 900, "height": 1000}, java_script_enabled=False, locale="en-GB"
+    )
+    page = await context.new_page()
+    await page.goto(published.act_url)
+    await expect(page.locator("h2#letter")).to_have_text("Send your letter by email")
+    await every_field_is_labelled(page)
+    letter = page.get_by_label("Your letter")
+    await expect(letter).to_have_value("I am writing to urge you to release the journalist.")
+    await expect(page.get_by_label("Your email address")).to_have_value(SUBSCRIBER)
+    await page.screenshot(path=str(artifacts_dir / "subscriber-letter-form.png"), full_page=True)
+
+    # A mistake first (one the browser lets through): the form says which field, and keeps
+    # what was written.
+    await page.get_by_label("Your email address").fill("ana@example")
+    await letter.fill(
+        "I am writing to urge you to release him. He is a journalist, not a criminal."
+    )
+    await page.get_by_role("button", name="Send my letter").click()
+    await expect(page.locator(".problems")).to_contain_text("Your email address")
+    await expect(page.get_by_label("Your letter")).to_have_value(
+        "I am writing to urge you to release him. He is a journalist, not a criminal."
+    )
+    await page.screenshot(
+        path=str(artifacts_dir / "subscriber-letter-form-errors.png"), full_page=True
+    )
+
+    await page.get_by_label("Your name").fill("Ana Lima")
+    await page.get_by_label("Your email address").fill(SUBSCRIBER)
+    await page.get_by_role("button", name="Send my letter").click()
+    await expect(page.locator("h1")).to_have_text("Thank you! Your letter is on its way")
+    await expect(page.locator("main li")).to_have_text(
+        ["Head of the Judiciary", "Minister of Justice"]
+    )
+    await page.screenshot(path=str(artifacts_dir / "subscriber-letter-sent.png"), full_page=True)
+
+    def letters_out() -> bool:
+        return bool(stack.smtp.to(JUDGE) and stack.smtp.to(MINISTER))
+
+    await eventually(letters_out, what="the letter to each target")
+    for target in (JUDGE, MINISTER):
+        [mail] = stack.smtp.to(target)  # once per target
+        assert getaddresses([mail.header("Reply-To")])[0][1] == SUBSCRIBER
+        assert "not a criminal" in mail.part("plain")
+
+    # The staff console counts one email action per target written to.
+    console = await browser.new_context(viewport={"width": 1320, "height": 900})
+    staff = await console.new_page()
+    await staff.goto(f"{stack.url('publisher')}/login")
+    await staff.fill("input[name=email]", STAFF)
+    await staff.fill("input[name=password]", PASSWORD)
+    await staff.click("button:has-text('Sign in')")
+    await expect(staff.locator("h1")).to_have_text("Urgent actions")
+
+    async def counted() -> bool:
+        await staff.goto(f"{stack.url('publisher')}/actions/{published.action_id}")
+        text = await staff.locator("[data-stat='responses.by_kind.email']").text_content()
+        return text == "2"
+
+    await eventually(counted, what="the emails counted on the action page")
+    await expect(staff.locator("[data-stat='responses.people']")).to_have_text("1")
+    await staff.screenshot(path=str(artifacts_dir / "console-letters-counted.png"), full_page=True)

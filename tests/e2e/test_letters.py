@@ -1,0 +1,106 @@
+"""Letters to the officials across the three services as processes (real HTTP, RabbitMQ, SMTP):
+a subscriber's letter reaches each target with an email once, with her as Reply-To; it counts as
+one email action per target; a target that answers 550 shows as a warning on the staff page."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from email.utils import getaddresses
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.settings import SERVICES
+from tests.conftest import SECRET
+from tests.e2e.letters_flow import (
+    JUDGE,
+    MINISTER,
+    PASSWORD,
+    STAFF,
+    SUBSCRIBER,
+    create_staff_user,
+    publish_to_a_subscriber,
+    stats,
+)
+from tests.e2e.stack import Stack, close_stack, open_stack
+from tests.support import eventually
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def stack(amqp_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    urls = {s: f"sqlite+aiosqlite:///{tmp_path / f'{s}.db'}" for s in SERVICES}
+    running = await open_stack(
+        amqp_url=amqp_url, database_urls=urls, log_dir=tmp_path, secret=SECRET
+    )
+    try:
+        yield running
+    finally:
+        await close_stack(running)
+        for service in SERVICES:
+            # The subscriber's address and letter stay out of every log.
+            assert SUBSCRIBER not in running.log(service), service
+            assert "Free him now" not in running.log(service), service
+
+
+async def test_letter_reaches_each_target_once_counts_and_a_bounce_warns_staff(
+    stack: Stack,
+) -> None:
+    stack.smtp.reply_for[MINISTER] = "550 5.1.1 <minister@example.org>: no such mailbox"
+    create_staff_user(stack)
+    async with httpx.AsyncClient(timeout=30) as client:
+        published = await publish_to_a_subscriber(client, stack)
+
+        letter = {"name": "Ana Lima", "email": SUBSCRIBER, "letter": "Free him now."}
+        sent = await client.post(f"{published.act_url}/letter", json=letter)
+        assert sent.status_code == 202, sent.text
+        assert sent.json()["targets"] == 2
+        # The same letter again (a retried request): nothing more is sent or counted.
+        again = await client.post(
+            f"{published.act_url}/letter", json={**letter, "letter_id": sent.json()["letter_id"]}
+        )
+        assert again.json()["status"] == "duplicate"
+
+        [mail] = await eventually(lambda: stack.smtp.to(JUDGE), what="the letter to the judge")
+        assert getaddresses([mail.header("Reply-To")])[0][1] == SUBSCRIBER
+        assert getaddresses([mail.header("From")])[0][0] == "Ana Lima"
+        assert mail.header("Subject") == "Urgent Action: journalist at risk of torture"
+        assert mail.part("plain").startswith("Free him now.")
+
+        counted = await eventually(
+            lambda: _emails_counted(client, stack, published), what="the email actions counted"
+        )
+        assert counted["responses"]["people"] == 1
+        assert counted["responses"]["actions"] == 2
+
+        console = httpx.AsyncClient(base_url=stack.url("publisher"), timeout=30)
+        async with console:
+            login = await console.get("/login")
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text)
+            assert csrf
+            signed_in = await console.post(
+                "/login", data={"email": STAFF, "password": PASSWORD, "csrf_token": csrf.group(1)}
+            )
+            assert signed_in.status_code == 303
+
+            async def warning() -> str | None:
+                page = await console.get(f"/actions/{published.action_id}")
+                return page.text if "data-bounces" in page.text else None
+
+            page = await eventually(warning, what="the bounce warning on the staff page")
+        assert f"&lt;{MINISTER}&gt;" in page
+        assert "Minister of Justice" in page
+        assert "smtp:550" in page
+        assert JUDGE not in page.split("data-bounces")[1].split("</div>")[0]
+    assert stack.smtp.to(MINISTER) == []
+    assert len(stack.smtp.to(JUDGE)) == 1
+
+
+async def _emails_counted(
+    client: httpx.AsyncClient, stack: Stack, published: object
+) -> dict[str, object] | None:
+    counts = await stats(client, stack, published)  # type: ignore[arg-type]
+    return counts if counts["responses"]["by_kind"]["email"] == 2 else None
