@@ -11,8 +11,12 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from services.dispatcher.handlers import Dispatcher
+from services.dispatcher.letters import LetterDispatcher
 from services.dispatcher.models import Outbox
 from services.dispatcher.rendering import Renderer
+from services.dispatcher.reporting import REPORT_INTERVAL, DeliveryReportCompactor
+from services.dispatcher.schedule import Clock, system_clock
+from services.dispatcher.scheduler import Scheduler
 from services.dispatcher.senders import EmailSender, SmsSender, SmtpEmailSender, TwilioSmsSender
 from services.dispatcher.throttle import RateLimiter
 from shared.events import (
@@ -20,6 +24,7 @@ from shared.events import (
     ActionPublished,
     ActionUpdated,
     DeliveryBatch,
+    LetterRequested,
     SubscriberErased,
     TransactionalMessage,
 )
@@ -41,8 +46,10 @@ def get_dispatcher(request: Request) -> Dispatcher:
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 
-def subscriptions(dispatcher: Dispatcher) -> list[Subscription]:
-    return [
+def subscriptions(
+    dispatcher: Dispatcher, letters: LetterDispatcher | None = None
+) -> list[Subscription]:
+    found = [
         Subscription(
             "dispatcher.actions",
             dispatcher.handle_action_event,
@@ -54,6 +61,13 @@ def subscriptions(dispatcher: Dispatcher) -> list[Subscription]:
             "dispatcher.messages", dispatcher.handle_transactional, (TransactionalMessage,)
         ),
     ]
+    if letters is not None:
+        found.append(
+            Subscription(
+                "dispatcher.letters", letters.handle_letter, (LetterRequested,), prefetch=4
+            )
+        )
+    return found
 
 
 def create_app(
@@ -61,12 +75,17 @@ def create_app(
     *,
     email_sender: EmailSender | None = None,
     sms_sender: SmsSender | None = None,
+    clock: Clock = system_clock,
 ) -> FastAPI:
-    """The dispatcher service; tests may hand in fake senders, production uses SMTP and Twilio."""
+    """The dispatcher service; tests may hand in fake senders and a clock of their own,
+    production uses SMTP, Twilio and the system clock."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = ServiceRuntime("dispatcher", settings, Outbox)
+        # Delivery counts go out folded, a few times a second (see reporting.py).
+        runtime.relay.compactor = DeliveryReportCompactor()
+        runtime.relay.min_interval = REPORT_INTERVAL
         email = email_sender or SmtpEmailSender(settings, pool_size=settings.smtp_concurrency)
         sms = sms_sender or TwilioSmsSender(settings)
         dispatcher = Dispatcher(
@@ -78,13 +97,28 @@ def create_app(
             sms_rate=RateLimiter(settings.sms_rate),
             notify=runtime.relay.notify,
             concurrency=settings.smtp_concurrency,
+            clock=clock,
+        )
+        # Releases held SMS and daily digests when due (quiet hours, 09:00 local).
+        scheduler = Scheduler(dispatcher)
+        letters = LetterDispatcher(
+            sessionmaker=runtime.sessionmaker,
+            email=email,
+            mail_from=settings.mail_from,
+            email_rate=dispatcher.email_rate,
+            per_target_per_minute=settings.letters_per_target_per_minute,
+            notify=runtime.relay.notify,
         )
         app.state.runtime = runtime
         app.state.dispatcher = dispatcher
+        app.state.scheduler = scheduler
+        app.state.letters = letters
         try:
-            await runtime.start(subscriptions(dispatcher))
+            await runtime.start(subscriptions(dispatcher, letters))
+            scheduler.start()
             yield
         finally:
+            await scheduler.stop()
             await runtime.stop()
             await email.close()
             await sms.close()

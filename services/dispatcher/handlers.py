@@ -8,6 +8,7 @@ message that can never be handled raises ``Reject``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from collections import Counter
@@ -25,10 +26,13 @@ from services.dispatcher import ledger, metrics
 from services.dispatcher.models import (
     ACTION_CLOSED,
     ACTION_OPEN,
+    CANCELLED,
     DELIVERED,
     FAILED,
     FINAL_STATES,
+    HELD_STATES,
     RETRY,
+    SCHEDULED,
     SENDING,
     SENT,
     ActionMessage,
@@ -48,6 +52,13 @@ from services.dispatcher.rendering import (
     clean_text,
     header_safe,
     pick_language,
+)
+from services.dispatcher.schedule import (
+    FOLLOW_UP_GAP,
+    HELD_RETRY_DELAY,
+    Clock,
+    held_until,
+    system_clock,
 )
 from services.dispatcher.segments import segment_count
 from services.dispatcher.senders import EmailSender, SendResult, SmsSender
@@ -112,6 +123,10 @@ class _BatchContext:
     created_at: datetime | None = None
     # Set when the action is found closed mid-batch: the claimed rest is cancelled.
     closed: bool = False
+    # Held rows released by the scheduler: a temporary failure goes back to it (no batch will).
+    held: bool = False
+    # Of those held rows, the ones on their last try: a temporary failure now is final.
+    last_try: frozenset[int] = frozenset()
     # Serializes this handling's own writes to its rows (records, lease renewals).
     writing: asyncio.Lock = field(default_factory=asyncio.Lock)
     emails: dict[tuple[str, bool, bool], PreparedEmail] = field(default_factory=dict)
@@ -129,9 +144,12 @@ class Dispatcher:
     notify: Callable[[], None] = lambda: None
     # Sends in flight per batch (the SMTP pool bounds the whole process): UANET_SMTP_CONCURRENCY.
     concurrency: int = 16
+    # "Now" for quiet hours and digests (tests set it); leases and stamps use the real time.
+    clock: Clock = system_clock
 
-    @property
+    @functools.cached_property
     def envelope_sender(self) -> str:
+        # Parsed once: parseaddr per message was a visible share of the send path.
         return parseaddr(self.renderer.mail_from)[1] or self.renderer.mail_from
 
     # ---- dispatcher.actions -------------------------------------------------------------------
@@ -225,15 +243,7 @@ class Dispatcher:
             action = await session.get(DispatchAction, action_id)
             if action is None:
                 raise Retry("action not known yet")
-            alert: UrgentActionText | None = None
-            follow_up: FollowUpText | None = None
-            if kind == "alert":
-                alert = _alert_text(action)
-            else:
-                message = await session.get(ActionMessage, (action_id, kind))
-                if message is None:
-                    raise Retry("follow-up not known yet")
-                follow_up = _follow_up_text(action, message)
+            alert, follow_up = await _texts(session, action, kind)
             nothing_to_say = follow_up is not None and not follow_up.content
             if (action.status == ACTION_CLOSED and kind != "closed") or nothing_to_say:
                 cancelled = await ledger.cancel(
@@ -246,9 +256,25 @@ class Dispatcher:
                     extra={"action_id": action_id, "kind": kind, "pending_cancelled": cancelled},
                 )
                 return
+            alerts = None
+            if kind != "alert":
+                alerts = await ledger.alert_states(
+                    session, action_id=action_id, keys=map(ledger.key_of, recipients)
+                )
+            recipients, holds, unreached = self._split_held(action, kind, recipients, alerts)
+            if unreached:
+                await ledger.cancel(
+                    session, action_id=action_id, message_kind=kind, recipients=unreached
+                )
+            held_busy = 0
+            if holds:
+                held_busy = await ledger.hold(
+                    session, action_id=action_id, message_kind=kind, holds=holds
+                )
             claim = await ledger.claim(
                 session, action_id=action_id, message_kind=kind, recipients=recipients
             )
+            claim.busy += held_busy
         # The claims are committed: from here a crash leaves rows ``sending`` (lease), never
         # a second copy sent by a redelivered batch.
         mine = [r for r in recipients if ledger.key_of(r) in claim.mine]
@@ -274,6 +300,7 @@ class Dispatcher:
                 "attempt": delivery.attempt,
                 "claimed": len(mine),
                 "already_done": claim.done,
+                "held": len(holds),
                 "held_elsewhere": claim.busy,
                 "temporary": temporary,
             },
@@ -284,6 +311,69 @@ class Dispatcher:
                 for channel, count in retrying.items():
                     metrics.DEAD_LETTERED.labels(channel).inc(count)
             raise Retry(f"{temporary} temporary failures, {claim.busy} held elsewhere")
+
+    def _split_held(
+        self,
+        action: DispatchAction,
+        kind: str,
+        recipients: Sequence[Recipient],
+        alerts: dict[ledger.Key, tuple[str, datetime | None]] | None = None,
+    ) -> tuple[list[Recipient], list[ledger.Hold], list[Recipient]]:
+        """Who gets it now, who waits (quiet hours, daily digest: see ``schedule``), and who
+        never gets it.
+
+        A follow-up goes only where its alert went (``alerts``: the alert rows' states). One
+        whose alert is still held (tonight's SMS, tomorrow's digest) waits until just after
+        it; one whose alert was cancelled or failed is not sent: that person never had the
+        action, so an update or outcome about it would make no sense to them.
+        """
+        now = self.clock()
+        at_once: list[Recipient] = []
+        holds: list[ledger.Hold] = []
+        unreached: list[Recipient] = []
+        for recipient in recipients:
+            wait = held_until(recipient, urgency=action.urgency, message_kind=kind, now=now)
+            status, alert_due = (alerts or {}).get(ledger.key_of(recipient), (None, None))
+            if status in (CANCELLED, FAILED):
+                unreached.append(recipient)
+            elif status in HELD_STATES:
+                due = max(alert_due or now, wait[1] if wait else now) + FOLLOW_UP_GAP
+                holds.append(ledger.Hold(recipient, SCHEDULED, due))
+            elif wait is None:
+                at_once.append(recipient)
+            else:
+                holds.append(ledger.Hold(recipient, *wait))
+        return at_once, holds, unreached
+
+    async def send_held(
+        self,
+        *,
+        action_id: str,
+        message_kind: str,
+        token: str,
+        rows: Sequence[tuple[int, Recipient]],
+        last_try: frozenset[int] = frozenset(),
+    ) -> None:
+        """Send held rows the scheduler has claimed (with ``token``) like a batch would;
+        ``last_try``: the row ids whose temporary failure now counts as failed."""
+        async with self.sessionmaker() as session:
+            action = await session.get(DispatchAction, action_id)
+            assert action is not None  # held rows are only made for known actions
+            alert, follow_up = await _texts(session, action, message_kind)
+        claim = ledger.Claim(token, mine={ledger.key_of(r): row_id for row_id, r in rows})
+        context = _BatchContext(
+            action_id,
+            message_kind,
+            alert,
+            follow_up,
+            claim,
+            reference=action.reference,
+            batch_id=f"held:{token}",
+            closed=action.status == ACTION_CLOSED and message_kind != "closed",
+            held=True,
+            last_try=last_try,
+        )
+        await self._send_all(context, [r for _, r in rows])
 
     async def _send_all(
         self, context: _BatchContext, recipients: Sequence[Recipient]
@@ -459,12 +549,18 @@ class Dispatcher:
         temporary: Counter[str] = Counter()
         for outcome in outcomes:
             recipient, result = outcome.recipient, outcome.result
+            # Every row has the same keys: one executemany of one cached statement.
             row: dict[str, Any] = {
-                "id": context.claim.mine[ledger.key_of(recipient)],
+                "row_id": context.claim.mine[ledger.key_of(recipient)],
                 "claim_token": None,
                 "updated_at": now,
                 "error_code": result.error_code,
                 "segments": outcome.segments,
+                "provider_message_id": None,
+                "sent_at": None,
+                # A held row keeps its recipient only while it waits.
+                "not_before": None,
+                "held": None,
             }
             tally = counts.setdefault(recipient.channel, [0, 0])
             if result.outcome == "sent":
@@ -474,15 +570,9 @@ class Dispatcher:
                     "sent_at": now,
                 }
                 tally[0] += 1
-                metrics.SENT.labels(recipient.channel).inc()
-                if context.created_at is not None:
-                    metrics.LAG.labels(recipient.channel).observe(
-                        max((now - context.created_at).total_seconds(), 0.0)
-                    )
             elif result.outcome == "failed":
                 row["status"] = FAILED
                 tally[1] += 1
-                metrics.FAILED.labels(recipient.channel).inc()
                 if result.suppress:
                     suppressions.append(
                         RecipientSuppressed(
@@ -492,15 +582,38 @@ class Dispatcher:
                             reason=result.suppress,
                         )
                     )
+            elif context.held and row["row_id"] in context.last_try:
+                # Held SMS have no dead-letter queue behind them: give up here, counted failed.
+                row["status"] = FAILED
+                row["error_code"] = result.error_code or "gave_up"
+                tally[1] += 1
+            elif context.held:
+                # Back to the scheduler, which checks the quiet hours again when it is due.
+                row |= {
+                    "status": SCHEDULED,
+                    "not_before": self.clock() + HELD_RETRY_DELAY,
+                    "held": recipient.model_dump(mode="json"),
+                }
+                metrics.RETRIED.labels(recipient.channel).inc()
             else:
                 row["status"] = RETRY
                 temporary[recipient.channel] += 1
                 metrics.RETRIED.labels(recipient.channel).inc()
             updates.append(row)
+        # Once per channel, not per message (labels() is a lock and a lookup). Every message of
+        # one record has the same lag: its batch's age now.
+        lag = max((now - context.created_at).total_seconds(), 0.0) if context.created_at else None
+        for channel, (sent, failed) in counts.items():
+            metrics.SENT.labels(channel).inc(sent)
+            metrics.FAILED.labels(channel).inc(failed)
+            if lag is not None:
+                observe = metrics.LAG.labels(channel).observe
+                for _ in range(sent):
+                    observe(lag)
         async with self.sessionmaker() as session, session.begin():
             # In id order, like every other writer: no lock-order deadlock on PostgreSQL.
-            updates.sort(key=lambda row: int(row["id"]))
-            await session.execute(update(Delivery), updates)
+            updates.sort(key=lambda row: int(row["row_id"]))
+            await session.execute(ledger.RECORD_OUTCOME, updates)
             for channel, (sent, failed) in sorted(counts.items()):
                 if sent or failed:
                     session.add(
@@ -674,6 +787,18 @@ class Dispatcher:
         metrics.RECEIPTS.labels(new_status).inc()
         self.notify()
         return True
+
+
+async def _texts(
+    session: AsyncSession, action: DispatchAction, kind: str
+) -> tuple[UrgentActionText | None, FollowUpText | None]:
+    """What to render for ``kind`` of this action: the alert, or a follow-up."""
+    if kind == "alert":
+        return _alert_text(action), None
+    message = await session.get(ActionMessage, (action.id, kind))
+    if message is None:
+        raise Retry("follow-up not known yet")
+    return None, _follow_up_text(action, message)
 
 
 def _alert_text(action: DispatchAction) -> UrgentActionText:

@@ -12,15 +12,17 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.dispatcher.models import (
     CANCELLED,
+    HELD_STATES,
     RETRY,
+    SCHEDULED,
     SENDING,
     Delivery,
     Outbox,
@@ -39,6 +41,11 @@ TRANSACTIONAL_LEASE = timedelta(minutes=2)
 _IN_CHUNK = 500
 
 Key = tuple[str, str]  # (subscriber_id, channel)
+
+# The outcome of one claimed row, by id (Core executemany: the ORM's bulk update by primary key
+# spent more time building parameters than the database spent writing).
+_deliveries = cast(Table, Delivery.__table__)
+RECORD_OUTCOME = update(_deliveries).where(_deliveries.c.id == bindparam("row_id"))
 
 
 def key_of(recipient: Recipient) -> Key:
@@ -70,6 +77,15 @@ def _insert(session: AsyncSession) -> Any:
     return module.insert(Delivery)
 
 
+def _insert_new(session: AsyncSession) -> Any:
+    """INSERT of one ledger row that leaves an existing one alone (Core, for executemany)."""
+    dialect = session.get_bind().dialect.name
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    return module.insert(_deliveries).on_conflict_do_nothing(
+        index_elements=["action_id", "message_kind", "subscriber_id", "channel"]
+    )
+
+
 def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -87,6 +103,8 @@ async def claim(
     now = now or utcnow()
     token = str(uuid.uuid4())
     result = Claim(token)
+    if not recipients:
+        return result  # everyone held (quiet hours, digest); an empty executemany would insert
     wanted = {key_of(r) for r in recipients}
     subscriber_ids = sorted({k[0] for k in wanted})
     for ids in _chunks(subscriber_ids):
@@ -124,15 +142,10 @@ async def claim(
         }
         for sid, channel in sorted(wanted)
     ]
-    for chunk in _chunks(new_rows, 200):
-        # A row that exists already (any state) is left as it is.
-        await session.execute(
-            _insert(session)
-            .values(list(chunk))
-            .on_conflict_do_nothing(
-                index_elements=["action_id", "message_kind", "subscriber_id", "channel"]
-            )
-        )
+    # One executemany of a cached statement: a multi-VALUES insert is compiled anew per chunk,
+    # which cost more than the database work. A row that exists already (any state) is left as
+    # it is.
+    await session.execute(_insert_new(session), new_rows)
     for ids in _chunks(subscriber_ids):
         found = await session.execute(
             select(
@@ -160,6 +173,125 @@ async def claim(
     return result
 
 
+@dataclass(frozen=True)
+class Hold:
+    """A recipient whose message waits: ``SCHEDULED`` (quiet hours) or ``DIGEST``, until ``due``."""
+
+    recipient: Recipient
+    state: str
+    due: datetime
+
+
+async def hold(
+    session: AsyncSession,
+    *,
+    action_id: str,
+    message_kind: str,
+    holds: Sequence[Hold],
+    now: datetime | None = None,
+) -> int:
+    """Record these recipients as held (the scheduler sends them when due). Like ``claim``: a row
+    that is final or already held stays as it is, one left ``retry`` or abandoned ``sending`` is
+    held instead. Returns how many another handling holds right now (retry the batch for them)."""
+    now = now or utcnow()
+    busy = 0
+    wanted = {key_of(h.recipient): h for h in holds}
+
+    def values(item: Hold) -> dict[str, Any]:
+        return {
+            "status": item.state,
+            "not_before": item.due,
+            "held": item.recipient.model_dump(mode="json"),
+            "claim_token": None,
+            "updated_at": now,
+        }
+
+    new_rows = [
+        {
+            "action_id": action_id,
+            "message_kind": message_kind,
+            "subscriber_id": sid,
+            "channel": channel,
+            "attempts": 0,
+            "created_at": now,
+            **values(item),
+        }
+        for (sid, channel), item in sorted(wanted.items())
+    ]
+    await session.execute(_insert_new(session), new_rows)
+    for ids in _chunks(sorted({k[0] for k in wanted})):
+        found = await session.execute(
+            select(
+                Delivery.id,
+                Delivery.subscriber_id,
+                Delivery.channel,
+                Delivery.status,
+                Delivery.updated_at,
+            ).where(
+                Delivery.action_id == action_id,
+                Delivery.message_kind == message_kind,
+                Delivery.subscriber_id.in_(ids),
+            )
+        )
+        for row_id, sid, channel, status, updated_at in found.all():
+            item = wanted.get((sid, channel))
+            if item is None:
+                continue
+            abandoned = status == SENDING and updated_at < now - CLAIM_LEASE
+            if status == RETRY or abandoned:
+                # Rare (a batch first handled in the day, retried after 21:00): one row at a time.
+                await session.execute(
+                    update(Delivery)
+                    .where(Delivery.id == row_id, Delivery.status == status)
+                    .values(values(item))
+                    .execution_options(synchronize_session=False)
+                )
+            elif status == SENDING:
+                busy += 1
+    return busy
+
+
+async def alert_states(
+    session: AsyncSession, *, action_id: str, keys: Iterable[Key]
+) -> dict[Key, tuple[str, datetime | None]]:
+    """The state of the alert row behind each (subscriber, channel) of a follow-up: its status
+    and, if held, when it is due. Keys with no alert row are left out."""
+    wanted = set(keys)
+    states: dict[Key, tuple[str, datetime | None]] = {}
+    for ids in _chunks(sorted({k[0] for k in wanted})):
+        found = await session.execute(
+            select(
+                Delivery.subscriber_id, Delivery.channel, Delivery.status, Delivery.not_before
+            ).where(
+                Delivery.action_id == action_id,
+                Delivery.message_kind == "alert",
+                Delivery.subscriber_id.in_(ids),
+            )
+        )
+        for sid, channel, status, not_before in found.all():
+            if (sid, channel) in wanted:
+                states[(sid, channel)] = (status, not_before)
+    return states
+
+
+async def take_back_held(session: AsyncSession, *, now: datetime | None = None) -> int:
+    """Released held SMS whose sender died (lease run out): ``scheduled`` again, due at once
+    (the scheduler checks the quiet hours again before sending)."""
+    now = now or utcnow()
+    outcome = await session.execute(
+        update(Delivery)
+        .where(
+            Delivery.status == SENDING,
+            Delivery.held.is_not(None),
+            Delivery.digest_id.is_(None),
+            Delivery.updated_at < now - CLAIM_LEASE,
+        )
+        .values(status=SCHEDULED, claim_token=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(outcome)
+
+
 async def renew(
     session: AsyncSession, *, token: str, ids: Sequence[int], now: datetime | None = None
 ) -> int:
@@ -185,7 +317,7 @@ async def cancel_claimed(session: AsyncSession, *, token: str) -> list[str]:
     outcome = await session.execute(
         update(Delivery)
         .where(Delivery.claim_token == token, Delivery.status == SENDING)
-        .values(status=CANCELLED, claim_token=None, updated_at=utcnow())
+        .values(status=CANCELLED, claim_token=None, held=None, updated_at=utcnow())
         .returning(Delivery.channel)
         .execution_options(synchronize_session=False)
     )
@@ -233,9 +365,9 @@ async def cancel(
                 Delivery.action_id == action_id,
                 Delivery.message_kind == message_kind,
                 Delivery.subscriber_id.in_(ids),
-                Delivery.status == RETRY,
+                Delivery.status.in_((RETRY, *HELD_STATES)),
             )
-            .values(status=CANCELLED, claim_token=None, updated_at=now)
+            .values(status=CANCELLED, claim_token=None, held=None, updated_at=now)
             .execution_options(synchronize_session=False)
         )
         cancelled += _rowcount(outcome)
@@ -243,26 +375,37 @@ async def cancel(
 
 
 async def cancel_pending_for_action(session: AsyncSession, action_id: str) -> int:
-    """On close: alerts and follow-ups waiting for a retry will not go out."""
+    """On close: alerts and follow-ups waiting for a retry, held for the subscriber's morning or
+    kept for a digest not yet sent will not go out."""
     outcome = await session.execute(
         update(Delivery)
         .where(
             Delivery.action_id == action_id,
             Delivery.message_kind != "closed",
-            Delivery.status == RETRY,
+            Delivery.status.in_((RETRY, *HELD_STATES)),
         )
-        .values(status=CANCELLED, claim_token=None, updated_at=utcnow())
+        .values(status=CANCELLED, claim_token=None, held=None, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     return _rowcount(outcome)
 
 
 async def forget_subscriber(session: AsyncSession, subscriber_id: str) -> None:
-    """Erasure: nothing more goes to them, and no address of theirs stays in the outbox."""
+    """Erasure: nothing more goes to them, and no address of theirs stays in the outbox or on
+    a held row."""
     await session.execute(
         update(Delivery)
-        .where(Delivery.subscriber_id == subscriber_id, Delivery.status == RETRY)
-        .values(status=CANCELLED, claim_token=None, updated_at=utcnow())
+        .where(
+            Delivery.subscriber_id == subscriber_id,
+            Delivery.status.in_((RETRY, *HELD_STATES)),
+        )
+        .values(status=CANCELLED, claim_token=None, held=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(
+        update(Delivery)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.held.is_not(None))
+        .values(held=None)
         .execution_options(synchronize_session=False)
     )
     # Suppression events are the only rows that ever held an address.

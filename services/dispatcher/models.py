@@ -1,7 +1,9 @@
 """The dispatcher's own tables: what it knows of each urgent action, and the delivery ledger.
 
 The ledger keeps subscriber ids and channels, never an address or a number: addresses travel in
-each ``DeliveryBatch`` and are forgotten once the message is out.
+each ``DeliveryBatch`` and are forgotten once the message is out. The one exception is a message
+held for later (a standard SMS in the subscriber's night, an alert kept for a daily digest): its
+row keeps the recipient in ``held`` until it is sent, cancelled or the subscriber is erased.
 """
 
 from __future__ import annotations
@@ -29,14 +31,20 @@ ACTION_OPEN = "open"
 ACTION_CLOSED = "closed"
 
 # Ledger states. ``sending``: claimed, the send may be under way (or the process died during it);
-# ``retry``: a temporary failure, the batch comes back; the rest are final.
+# ``retry``: a temporary failure, the batch comes back; ``scheduled``: a held SMS the scheduler
+# sends at ``not_before``; ``digest``: an alert waiting for the subscriber's daily digest, due at
+# ``not_before``; the rest are final.
 SENDING = "sending"
 RETRY = "retry"
+SCHEDULED = "scheduled"
+DIGEST = "digest"
 SENT = "sent"
 DELIVERED = "delivered"
 FAILED = "failed"
 CANCELLED = "cancelled"
-PENDING_STATES = (SENDING, RETRY)
+PENDING_STATES = (SENDING, RETRY, SCHEDULED, DIGEST)
+# Waiting for the scheduler (no batch will come back for them): cancelled by a close or an erasure.
+HELD_STATES = (SCHEDULED, DIGEST)
 FINAL_STATES = (SENT, DELIVERED, FAILED, CANCELLED)
 
 
@@ -96,6 +104,8 @@ class Delivery(Base):
             "action_id", "message_kind", "subscriber_id", "channel", name="uq_dispatch_delivery"
         ),
         Index("ix_dispatch_deliveries_subscriber", "subscriber_id"),
+        # The scheduler's page query: held rows by due time.
+        Index("ix_dispatch_deliveries_due", "status", "not_before"),
     )
 
     id: Mapped[int] = mapped_column(LedgerId, primary_key=True, autoincrement=True)
@@ -115,6 +125,34 @@ class Delivery(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     receipt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A held row (``scheduled`` or ``digest``): when it is due, and the recipient to send it to.
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # SQL NULL, not JSON null, once cleared: "IS NOT NULL" finds the rows still holding one.
+    held: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    # The digest that carried (or is carrying) this alert.
+    digest_id: Mapped[int | None] = mapped_column(LedgerId, nullable=True, index=True)
+
+
+class DigestDelivery(Base):
+    """One daily digest email: unique per subscriber and local date, so it goes once a day
+    whatever the number of dispatchers. Claimed like a ledger row (``claim_token``, lease)."""
+
+    __tablename__ = "dispatch_digests"
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "local_date", name="uq_dispatch_digest_day"),
+    )
+
+    id: Mapped[int] = mapped_column(LedgerId, primary_key=True, autoincrement=True)
+    subscriber_id: Mapped[str] = mapped_column(String(36))
+    local_date: Mapped[date] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(16))
+    claim_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    items: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class TransactionalDelivery(Base):

@@ -13,10 +13,11 @@ concatenated, so the ``email`` package never runs per recipient.
 
 from __future__ import annotations
 
+import functools
 import html
+import itertools
 import re
 import secrets
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -71,8 +72,16 @@ def pick_language(wanted: str, available: Mapping[str, object], default: str) ->
     return next(iter(available), default)
 
 
+# Printable ASCII but "=": nothing to encode, only lines to wrap (links, most names).
+_QP_VERBATIM = re.compile(r"[!-<>-~]*")
+
+
 def _qp(text: str) -> bytes:
     """Quoted-printable with a trailing soft line break, so encoded pieces can be concatenated."""
+    if _QP_VERBATIM.fullmatch(text):
+        # The per-recipient fast path: soft breaks every 74 characters, no encoding pass.
+        raw = text.encode("ascii")
+        return b"".join(raw[i : i + 74] + b"=\r\n" for i in range(0, len(raw), 74)) or b"=\r\n"
     latin = text.replace("\r\n", "\n").encode("utf-8").decode("latin-1")
     # 75 leaves room for the soft-break "=" within the 76-character line limit.
     return quoprimime.body_encode(latin, maxlinelen=75, eol="\r\n").encode("ascii") + b"=\r\n"
@@ -148,37 +157,78 @@ class PreparedEmail:
         to = header_safe(fill.to, limit=320)
         if not to or " " in to or "<" in to or ">" in to or "," in to:
             raise InvalidAddress("address not fit for a header")
+        # Each value once per message, whatever the number of places it appears in.
+        values: dict[str, str] = {}
+        encoded: dict[str, bytes] = {}
         lines = [
             b"To: " + to.encode("utf-8"),
-            b"Date: " + format_datetime(now).encode("ascii"),
-            b"Message-ID: <"
-            + uuid.uuid4().hex.encode("ascii")
-            + b"@"
-            + self._domain.encode()
-            + b">",
+            b"Date: " + _date_header(now),
+            b"Message-ID: <" + _message_id() + b"@" + self._domain.encode() + b">",
         ]
         if self._one_click and fill.unsubscribe_url:
-            lines.append(b"List-Unsubscribe: <" + safe_url(fill.unsubscribe_url).encode() + b">")
+            unsubscribe = self._value(fill, "unsubscribe_url", values)
+            lines.append(b"List-Unsubscribe: <" + unsubscribe.encode() + b">")
             lines.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click")
         out = [b"\r\n".join(lines), b"\r\n", self._head, self._text_open]
-        out.extend(self._fill(self._text, fill, escape=False))
+        out.extend(self._fill(self._text, fill, values, encoded, escape=False))
         out.append(self._html_open)
-        out.extend(self._fill(self._html, fill, escape=True))
+        out.extend(self._fill(self._html, fill, values, encoded, escape=True))
         out.append(self._close)
         return b"".join(out)
 
     @staticmethod
-    def _fill(pieces: list[bytes | str], fill: RecipientFill, *, escape: bool) -> list[bytes]:
+    def _value(fill: RecipientFill, slot: str, values: dict[str, str]) -> str:
+        value = values.get(slot)
+        if value is None:
+            value = fill.value(slot)
+            if slot.endswith("_url"):
+                value = safe_url(value)
+            values[slot] = value
+        return value
+
+    @classmethod
+    def _fill(
+        cls,
+        pieces: list[bytes | str],
+        fill: RecipientFill,
+        values: dict[str, str],
+        encoded: dict[str, bytes],
+        *,
+        escape: bool,
+    ) -> list[bytes]:
         out: list[bytes] = []
         for piece in pieces:
             if isinstance(piece, bytes):
                 out.append(piece)
                 continue
-            value = fill.value(piece)
-            if piece.endswith("_url"):
-                value = safe_url(value)
-            out.append(_qp(html.escape(value, quote=True) if escape else value))
+            value = cls._value(fill, piece, values)
+            if escape:
+                value = html.escape(value, quote=True)
+            chunk = encoded.get(value)
+            if chunk is None:
+                chunk = encoded[value] = _qp(value)
+            out.append(chunk)
         return out
+
+
+# Message-IDs: a random prefix per process and a counter, unique without a random read per
+# message (uuid4 was a visible share of building one).
+_MESSAGE_ID_PREFIX = secrets.token_hex(12).encode("ascii")
+_message_ids = itertools.count()
+
+
+def _message_id() -> bytes:
+    return _MESSAGE_ID_PREFIX + b"." + str(next(_message_ids)).encode("ascii")
+
+
+@functools.lru_cache(maxsize=4)
+def _date_header_of(second: datetime) -> bytes:
+    return format_datetime(second).encode("ascii")
+
+
+def _date_header(now: datetime) -> bytes:
+    """RFC 5322 date, formatted once a second rather than once a message."""
+    return _date_header_of(now.replace(microsecond=0))
 
 
 @dataclass(frozen=True)
@@ -199,6 +249,17 @@ class FollowUpText:
     reference: str
     default_language: str
     content: Mapping[str, UpdateContent]
+
+
+@dataclass(frozen=True)
+class DigestEntry:
+    """One urgent action in a daily digest, in the language its text is in."""
+
+    reference: str
+    subject: str
+    summary: str
+    act_url: str | None
+    language: str
 
 
 class Renderer:
@@ -302,6 +363,31 @@ class Renderer:
             subject=strings(lang)["confirm_subject"],
             language=lang,
             has_unsubscribe=has_unsubscribe,
+        )
+
+    def digest_email(
+        self, language: str, entries: list[DigestEntry], *, has_preferences: bool
+    ) -> PreparedEmail:
+        """One subscriber's daily digest: rendered for them alone, so each action's act link is
+        a plain value (escaped like any other), not a slot."""
+        lang = language if language in STRINGS else FALLBACK
+        return self._prepare(
+            "digest",
+            subject=strings(lang)["digest_subject"],
+            language=lang,
+            has_unsubscribe=True,
+            has_preferences=has_preferences,
+            entries=[
+                {
+                    "reference": clean_text(e.reference),
+                    "subject": clean_text(e.subject),
+                    "summary": clean_text(e.summary),
+                    "act_url": safe_url(e.act_url) if e.act_url else "",
+                    "language": e.language,
+                    "direction": text_direction(e.language),
+                }
+                for e in entries
+            ],
         )
 
     # ---- per-recipient values and SMS -----------------------------------------------------

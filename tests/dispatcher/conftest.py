@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.dispatcher.handlers import Dispatcher
 from services.dispatcher.rendering import Renderer
+from services.dispatcher.schedule import system_clock
 from services.dispatcher.senders import SendResult
 from services.dispatcher.throttle import RateLimiter
 from shared.db import make_engine, make_sessionmaker
@@ -66,7 +67,13 @@ def action_published(**overrides: object) -> ActionPublished:
 
 
 def recipient(
-    channel: str = "email", *, address: str | None = None, language: str = "en", name: str = "Ana"
+    channel: str = "email",
+    *,
+    address: str | None = None,
+    language: str = "en",
+    name: str = "Ana",
+    timezone: str | None = None,
+    frequency: str = "immediate",
 ) -> Recipient:
     sid = uuid.uuid4()
     if address is None:
@@ -80,6 +87,8 @@ def recipient(
         act_url=f"http://localhost:8002/act/{sid.hex[:10]}",
         unsubscribe_url=f"http://localhost:8002/unsubscribe/{sid.hex[:12]}",
         preferences_url=f"http://localhost:8002/preferences/{sid.hex[:12]}",
+        timezone=timezone,
+        frequency=frequency,
     )
 
 
@@ -146,10 +155,24 @@ async def sessionmaker(
     await bind.dispose()
 
 
+@dataclass
+class ManualClock:
+    """The dispatcher's clock in tests: it says what the test set, and moves only when told."""
+
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def set(self, moment: datetime) -> None:
+        self.now = moment.astimezone(UTC)
+
+
 def make_dispatcher(
     sessionmaker: async_sessionmaker[AsyncSession],
     email: object | None = None,
     sms: object | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> Dispatcher:
     return Dispatcher(
         sessionmaker=sessionmaker,
@@ -158,4 +181,5 @@ def make_dispatcher(
         renderer=Renderer(mail_from=MAIL_FROM),
         email_rate=RateLimiter(Decimal(0)),
         sms_rate=RateLimiter(Decimal(0)),
+        clock=clock or system_clock,
     )

@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -70,8 +71,10 @@ async def service_settings(
 
 
 @asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient, Broker]]:
-    app = create_app(settings)
+async def running(
+    settings: Settings, **options: Any
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient, Broker]]:
+    app = create_app(settings, **options)
     async with app.router.lifespan_context(app):
         await app.state.runtime.wait_started()
         broker = Broker(settings.amqp_url, name="test-publisher")
