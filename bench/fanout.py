@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from devtools.twilio_fake import FakeTwilio  # noqa: E402
 from shared.settings import SERVICES  # noqa: E402
 from tests.e2e.stack import ACCOUNT_SID, AUTH_TOKEN, Stack, stack_environment  # noqa: E402
-from tests.faults.harness import ACTION, seed_subscribers  # noqa: E402
+from tests.faults.harness import ACTION  # noqa: E402
 from tests.support import SmtpRecorder, free_port  # noqa: E402
 
 AMQP_BASE = os.environ.get("UANET_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
@@ -109,33 +109,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def import_cli_available(stack: Stack) -> bool:
-    return stack.cli("subscribers", "import", "--help").returncode == 0
-
-
-async def seed(stack: Stack, urls: dict[str, str], n: int, workdir: Path) -> str:
-    if import_cli_available(stack):
-        path = workdir / "subscribers.csv"
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["email", "name", "country", "language", "timezone", "channels"])
-            for i in range(n):
-                writer.writerow(
-                    [
-                        f"bench{i:07d}@example.net",
-                        f"Member {i}",
-                        "GB",
-                        "en",
-                        "Europe/London",
-                        "email",
-                    ]
-                )
-        done = stack.cli("subscribers", "import", str(path), "--confirmed")
-        if done.returncode != 0:
-            raise SystemExit(f"import failed: {done.stderr[-2000:]}")
-        return "uanet subscribers import --confirmed"
-    await seed_subscribers(urls["subscriptions"], emails=n, prefix="bench")
-    return "direct insert (the import CLI is not there yet)"
+async def seed(stack: Stack, n: int, workdir: Path) -> str:
+    """N confirmed email subscribers, through the streaming import a real network would use."""
+    path = workdir / "subscribers.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["email", "name", "country", "language", "timezone", "channels"])
+        for i in range(n):
+            writer.writerow(
+                [f"bench{i:07d}@example.net", f"Member {i}", "GB", "en", "Europe/London", "email"]
+            )
+    done = stack.cli("subscribers", "import", str(path), "--confirmed")
+    if done.returncode != 0:
+        raise SystemExit(f"import failed: {done.stderr[-2000:]}")
+    return "uanet subscribers import --confirmed"
 
 
 async def floor_rate(port: int, n: int, concurrency: int, message: bytes) -> float:
@@ -227,7 +214,7 @@ async def run(n: int, postgres: bool, concurrency: int, keep: bool) -> None:
         if stack.cli("migrate").returncode != 0:
             raise SystemExit("migrate failed")
         seeded = time.monotonic()
-        how = await seed(stack, urls, n, workdir)
+        how = await seed(stack, n, workdir)
         print(f"seeded {n} subscribers in {time.monotonic() - seeded:.1f}s ({how})")
         for service in SERVICES:
             stack.start(service)
