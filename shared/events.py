@@ -125,6 +125,16 @@ class ActionClosed(Message):
     default_language: str
 
 
+class ActionTargetsChanged(Message):
+    """Staff changed a published action's targets (a bounced address fixed, say): letters from
+    now on go to these, and the action page shows them."""
+
+    ROUTING_KEY: ClassVar[str] = "action.targets_changed"
+    action_id: uuid.UUID
+    reference: str
+    targets: list[Target]
+
+
 class ApiTokenIssued(Message):
     """An API token was created (only its SHA-256 travels), so every service can check it."""
 

@@ -22,6 +22,7 @@ from services.dispatcher.throttle import RateLimiter
 from shared.events import (
     ActionClosed,
     ActionPublished,
+    ActionTargetsChanged,
     ActionUpdated,
     DeliveryBatch,
     LetterRequested,
@@ -53,7 +54,7 @@ def subscriptions(
         Subscription(
             "dispatcher.actions",
             dispatcher.handle_action_event,
-            (ActionPublished, ActionUpdated, ActionClosed, SubscriberErased),
+            (ActionPublished, ActionUpdated, ActionClosed, ActionTargetsChanged, SubscriberErased),
         ),
         # A batch keeps the senders busy for a while: a few at a time is enough.
         Subscription("dispatcher.batches", dispatcher.handle_batch, (DeliveryBatch,), prefetch=4),

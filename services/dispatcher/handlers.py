@@ -68,6 +68,7 @@ from shared.events import (
     ActionClosed,
     ActionContent,
     ActionPublished,
+    ActionTargetsChanged,
     ActionUpdated,
     Channel,
     DeliveriesReported,
@@ -156,7 +157,7 @@ class Dispatcher:
 
     async def handle_action_event(self, message: Message, delivery: AmqpDelivery) -> None:
         async with self.sessionmaker() as session, session.begin():
-            if isinstance(message, ActionClosed):
+            if isinstance(message, (ActionClosed, ActionTargetsChanged)):
                 # Checked before marking the message processed: a retry must find it unmarked.
                 if await session.get(DispatchAction, str(message.action_id)) is None:
                     raise Retry("action not known yet")
@@ -168,6 +169,11 @@ class Dispatcher:
                 await self._action_updated(session, message)
             elif isinstance(message, ActionClosed):
                 await self._action_closed(session, message)
+            elif isinstance(message, ActionTargetsChanged):
+                action = await session.get(DispatchAction, str(message.action_id))
+                assert action is not None  # checked above
+                # Read at each send: letters still waiting go to the new addresses.
+                action.targets = [t.model_dump() for t in message.targets]
             elif isinstance(message, SubscriberErased):
                 await ledger.forget_subscriber(session, str(message.subscriber_id))
             else:

@@ -18,6 +18,7 @@ from services.publisher.models import ActionTally, ActionUpdate, Outbox, UrgentA
 from services.publisher.schemas import (
     ActionClose,
     ActionUpdateCreate,
+    TargetsReplace,
     UrgentActionCreate,
 )
 from shared import events
@@ -186,6 +187,30 @@ async def publish_action(*, session: AsyncSession, action_id: uuid.UUID) -> Urge
     action.published_at = now
     action.updated_at = now
     session.add(outbox_row(Outbox, _published_event(action)))
+    return action
+
+
+async def replace_targets(
+    *, session: AsyncSession, action_id: uuid.UUID, targets: TargetsReplace
+) -> UrgentAction:
+    """Set the action's targets. A draft just changes; a published action tells the services
+    that send letters and show the action page (``ActionTargetsChanged``). Closed: 409."""
+    action = await _lock_action(session, action_id)
+    if action.status == "closed":
+        raise ActionConflict(f"{action.reference} is closed; its targets no longer change")
+    action.targets = [t.model_dump(mode="json") for t in targets.targets]
+    action.updated_at = utcnow()
+    if action.status == "published":
+        session.add(
+            outbox_row(
+                Outbox,
+                events.ActionTargetsChanged(
+                    action_id=action.id,
+                    reference=action.reference,
+                    targets=[events.Target.model_validate(t) for t in action.targets],
+                ),
+            )
+        )
     return action
 
 

@@ -28,6 +28,7 @@ from services.publisher.schemas import (
     ActionStats,
     ActionUpdateCreate,
     ActionUpdateRead,
+    TargetsReplace,
     UrgentActionCreate,
     UrgentActionPage,
     UrgentActionRead,
@@ -145,6 +146,21 @@ async def edit_draft(
         raise RequestValidationError(
             [{**err, "loc": ("body", *err["loc"])} for err in exc.errors()]
         ) from None
+    return _read(action)
+
+
+@router.put("/{action_id}/targets", response_model=UrgentActionRead)
+async def replace_targets(
+    action_id: ActionId,
+    targets: TargetsReplace,
+    _: Writer,
+    database: DatabaseDep,
+    runtime: RuntimeDep,
+) -> UrgentActionRead:
+    """The whole target list, also once published (to fix an address that bounces letters)."""
+    async with database.write() as session:
+        action = await domain.replace_targets(session=session, action_id=action_id, targets=targets)
+    runtime.relay.notify()
     return _read(action)
 
 

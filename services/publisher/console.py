@@ -35,7 +35,7 @@ from services.publisher.models import CHANNELS, ActionTally, StaffUser, UrgentAc
 from services.publisher.overview import read_overview
 from services.publisher.preview import preview_action
 from services.publisher.reports import csv_filename, stats_csv
-from services.publisher.schemas import ActionClose, ActionUpdateCreate
+from services.publisher.schemas import ActionClose, ActionUpdateCreate, TargetsReplace
 from services.publisher.sessions import (
     CSRF_FIELD,
     ConsoleSession,
@@ -464,6 +464,8 @@ async def _action_page(
     async with _database(request).read() as session:
         stats = await read_stats(session=session, action_id=action.id)
         bounces = await bounces_of(session=session, action_id=action.id)
+    # A bounced address still among the targets needs fixing; one replaced since is history.
+    current = {str(t.get("email") or "").lower() for t in action.targets}
     renderer = Renderer(mail_from=request.app.state.settings.mail_from)
     return render(
         request,
@@ -471,7 +473,8 @@ async def _action_page(
         {
             "action": action,
             "stats": stats,
-            "bounces": bounces,
+            "bounces": [b for b in bounces if b.address in current],
+            "fixed_bounces": [b for b in bounces if b.address not in current],
             "series": SERIES,
             "body_html": {
                 lang: renderer.markdown(text.get("body") or "")
@@ -493,7 +496,11 @@ async def _action_page(
 async def action_page(request: Request, action_id: str, notice: str = "") -> Response:
     user = await require_user(request)
     action = await load_action(request, action_id)
-    messages = {"update": "Follow-up sent.", "closed": "The action is closed."}
+    messages = {
+        "update": "Follow-up sent.",
+        "closed": "The action is closed.",
+        "target": "Target address changed: letters from now on go to the new address.",
+    }
     return await _action_page(request, user, action, notice=messages.get(notice))
 
 
@@ -554,6 +561,49 @@ async def close(request: Request, action_id: str) -> Response:
     return await _action_page(
         request, user, action, errors=errors, values=_form_values(form), status=422
     )
+
+
+@router.post("/actions/{action_id}/targets/fix")
+async def fix_target(request: Request, action_id: str) -> Response:
+    """Replace a target's bounced address (the warning's form) on a draft or published action."""
+    user = await require_user(request, WRITE_ROLES)
+    action = await load_action(request, action_id)
+    form = await read_form(request)
+    old = str(form.get("old_address") or "").strip().lower()
+    new = str(form.get("new_address") or "").strip()
+    targets = [dict(t) for t in action.targets]
+    matched = [t for t in targets if str(t.get("email") or "").lower() == old and old]
+    errors: dict[str, str] = {}
+    if not matched:
+        errors["fix-new_address"] = "That address is no longer among the targets."
+    elif not new:
+        errors["fix-new_address"] = "Enter the new email address."
+    else:
+        for target in matched:
+            target["email"] = new
+        try:
+            replaced = TargetsReplace.model_validate({"targets": targets})
+            async with _database(request).write() as session:
+                await domain.replace_targets(session=session, action_id=action.id, targets=replaced)
+        except ValidationError as exc:
+            errors["fix-new_address"] = _email_error(exc)
+        except domain.ActionConflict as exc:
+            raise ConsoleError(409, "Closed", str(exc)) from None
+        else:
+            request.app.state.runtime.relay.notify()
+            return _see_other(f"/actions/{action.id}?notice=target")
+    values = {"fix-old_address": old, "fix-new_address": new[:320]}
+    return await _action_page(request, user, action, errors=errors, values=values, status=422)
+
+
+def _email_error(exc: ValidationError) -> str:
+    """The reason pydantic gives for the new address, in a sentence staff can act on."""
+    for err in exc.errors():
+        if "email" in [str(p) for p in err.get("loc", ())]:
+            return "Not a valid email address: " + str(err.get("msg", "")).removeprefix(
+                "value is not a valid email address: "
+            )
+    return "Not a valid target."
 
 
 @router.get("/actions/{action_id}/chart.svg")

@@ -84,6 +84,9 @@ class TargetIn(Strict):
     salutation: Line | None = None
 
 
+Targets = Annotated[list[TargetIn], Field(min_length=1, max_length=100)]
+
+
 class ActionContentIn(Strict):
     subject: RequiredLine
     summary: Text = ""
@@ -112,7 +115,7 @@ class UrgentActionCreate(Strict):
     channels: Annotated[list[Channel], Field(min_length=1), AfterValidator(_unique)]
     deadline: date | None = None
     audience: AudienceIn = AudienceIn()
-    targets: Annotated[list[TargetIn], Field(min_length=1, max_length=100)]
+    targets: Targets
     content: Annotated[
         dict[LanguageCode, ActionContentIn], AfterValidator(_check_content_languages)
     ]
@@ -137,6 +140,12 @@ class UrgentActionCreate(Strict):
         if content is not None and language not in content:
             raise ValueError("content must include the default language")
         return language
+
+
+class TargetsReplace(Strict):
+    """PUT .../targets: the whole list, also on a published action (a bounced address fixed)."""
+
+    targets: Targets
 
 
 class UrgentActionUpdate(Strict):

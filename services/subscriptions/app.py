@@ -1,6 +1,7 @@
 """The subscriptions service: ``create_app(settings)``.
 
-Consumes ``subscriptions.actions`` (ActionPublished, ActionUpdated, ActionClosed) and
+Consumes ``subscriptions.actions`` (ActionPublished, ActionUpdated, ActionClosed,
+ActionTargetsChanged) and
 ``subscriptions.suppressions`` (RecipientSuppressed) and ``subscriptions.tokens`` (ApiTokenIssued,
 ApiTokenRevoked: who may call the admin endpoints); serves the public pages, the sign-up API and
 the inbound SMS webhook; everything it emits goes through its outbox.
@@ -56,7 +57,12 @@ def create_app(settings: Settings) -> FastAPI:
                     Subscription(
                         "subscriptions.actions",
                         handlers.on_action_event,
-                        (events.ActionPublished, events.ActionUpdated, events.ActionClosed),
+                        (
+                            events.ActionPublished,
+                            events.ActionUpdated,
+                            events.ActionClosed,
+                            events.ActionTargetsChanged,
+                        ),
                         # Each ActionPublished streams through every subscriber: a few at a time.
                         prefetch=4,
                     ),

@@ -50,6 +50,8 @@ class SubscriptionHandlers:
             await self.action_updated(message)
         elif isinstance(message, events.ActionClosed):
             await self.action_closed(message)
+        elif isinstance(message, events.ActionTargetsChanged):
+            await self.action_targets_changed(message)
         else:
             raise Reject(f"unexpected {type(message).__name__} on {delivery.queue}")
 
@@ -146,6 +148,16 @@ class SubscriptionHandlers:
             page_size=self.page_size,
         )
         await self._mark_processed(event.message_id)
+
+    async def action_targets_changed(self, event: events.ActionTargetsChanged) -> None:
+        """The action page shows the targets as staff last set them."""
+        async with self.sessionmaker() as session, session.begin():
+            action = await session.get(KnownAction, event.action_id)
+            if action is None:
+                raise Retry("action not known yet")  # checked before marking it processed
+            if await already_processed(session, ProcessedMessage, event.message_id):
+                return
+            action.targets = [t.model_dump(mode="json") for t in event.targets]
 
     async def action_closed(self, event: events.ActionClosed) -> None:
         async with self.sessionmaker() as session, session.begin():

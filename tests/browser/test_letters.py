@@ -124,3 +124,30 @@ async def test_a_subscriber_sends_her_letter_and_staff_see_it_counted(
     await eventually(counted, what="the emails counted on the action page")
     await expect(staff.locator("[data-stat='responses.people']")).to_have_text("1")
     await staff.screenshot(path=str(artifacts_dir / "console-letters-counted.png"), full_page=True)
+
+    # The minister's mailbox goes away: the next letter bounces there, staff see it and fix it.
+    stack.smtp.reply_for[MINISTER] = "550 5.1.1 <minister@example.org>: no such mailbox"
+    async with httpx.AsyncClient(timeout=30) as client:
+        again = await client.post(
+            f"{published.act_url}/letter",
+            json={"name": "Ana Lima", "email": SUBSCRIBER, "letter": "Release him."},
+        )
+        assert again.status_code == 202, again.text
+
+    async def warned() -> bool:
+        await staff.goto(f"{stack.url('publisher')}/actions/{published.action_id}")
+        return await staff.locator("[data-bounces]").count() == 1
+
+    await eventually(warned, what="the bounce warning on the action page")
+    fix = staff.locator(f"form[data-fix='{MINISTER}']")
+    await fix.get_by_label("Correct address for Minister of Justice").fill("minister@justice")
+    await staff.screenshot(path=str(artifacts_dir / "console-target-bounced.png"), full_page=True)
+    await fix.get_by_role("button", name="Replace the address").click()
+    await expect(staff.locator("#err-fix-new_address")).to_contain_text("Not a valid email")
+    fixed = "minister@justice.example.org"
+    await staff.locator(f"form[data-fix='{MINISTER}'] input[name=new_address]").fill(fixed)
+    await staff.locator(f"form[data-fix='{MINISTER}'] button").click()
+    await expect(staff.locator("[role=status]")).to_contain_text("Target address changed")
+    await expect(staff.locator("[data-bounces]")).to_have_count(0)
+    await expect(staff.locator("[data-fixed-bounces]")).to_contain_text(MINISTER)
+    await staff.screenshot(path=str(artifacts_dir / "console-target-fixed.png"), full_page=True)

@@ -19,7 +19,7 @@ from services.dispatcher.letters import RATE_WAIT, LetterDelivery, LetterDispatc
 from services.dispatcher.models import Outbox
 from services.dispatcher.senders import SmtpEmailSender
 from services.dispatcher.throttle import RateLimiter
-from shared.events import ActionClosed, LetterRequested, Target
+from shared.events import ActionClosed, ActionTargetsChanged, LetterRequested, Target
 from shared.messaging import Delivery as AmqpDelivery
 from shared.messaging import Retry
 from shared.settings import Settings
@@ -210,3 +210,36 @@ async def test_a_refused_target_is_reported_and_the_others_still_get_it(
     assert await outbox(sessionmaker, "recipient.suppressed") == []
     statuses = await ledger(sessionmaker)
     assert sorted(statuses.values()) == ["failed", "sent"]
+
+
+async def test_a_fixed_target_address_takes_the_letters_from_then_on(
+    sessionmaker: async_sessionmaker[AsyncSession], sender: SmtpEmailSender, smtp: SmtpRecorder
+) -> None:
+    action_id = await published(sessionmaker)
+    smtp.reply_for[MINISTER] = "550 5.1.1 No such mailbox"
+    letters = letters_of(sessionmaker, sender, Clock())
+    await letters.handle_letter(letter(action_id), LETTERS_QUEUE)
+
+    fixed = "justice.minister@example.org"
+    changed = ActionTargetsChanged(
+        action_id=action_id,
+        reference="UA 12/26",
+        targets=[TARGETS[0], Target(name="Minister of Justice", email=fixed), TARGETS[2]],
+    )
+    dispatcher = make_dispatcher(sessionmaker)
+    await dispatcher.handle_action_event(changed, LETTERS_QUEUE)
+    await dispatcher.handle_action_event(changed, LETTERS_QUEUE)  # redelivered: the same
+    await letters.handle_letter(letter(action_id), LETTERS_QUEUE)
+
+    assert len(smtp.to(JUDGE)) == 2
+    assert smtp.to(MINISTER) == []
+    assert len(smtp.to(fixed)) == 1
+    assert len(await outbox(sessionmaker, "target.bounced")) == 1
+
+
+async def test_targets_changed_for_an_unknown_action_waits_for_it(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    early = ActionTargetsChanged(action_id=uuid.uuid4(), reference="UA 12/26", targets=TARGETS)
+    with pytest.raises(Retry, match="action not known yet"):
+        await make_dispatcher(sessionmaker).handle_action_event(early, LETTERS_QUEUE)

@@ -29,6 +29,8 @@ from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
 
+FIXED = "justice.minister@example.org"
+
 
 @pytest.fixture
 async def stack(amqp_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
@@ -44,6 +46,7 @@ async def stack(amqp_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
             # The subscriber's address and letter stay out of every log.
             assert SUBSCRIBER not in running.log(service), service
             assert "Free him now" not in running.log(service), service
+            assert FIXED not in running.log(service), service
 
 
 async def test_letter_reaches_each_target_once_counts_and_a_bounce_warns_staff(
@@ -91,12 +94,40 @@ async def test_letter_reaches_each_target_once_counts_and_a_bounce_warns_staff(
                 return page.text if "data-bounces" in page.text else None
 
             page = await eventually(warning, what="the bounce warning on the staff page")
-        assert f"&lt;{MINISTER}&gt;" in page
-        assert "Minister of Justice" in page
-        assert "smtp:550" in page
-        assert JUDGE not in page.split("data-bounces")[1].split("</div>")[0]
+            assert f"&lt;{MINISTER}&gt;" in page
+            assert "Minister of Justice" in page
+            assert "smtp:550" in page
+            assert JUDGE not in page.split("data-bounces")[1].split("</div>")[0]
+
+            # Staff fix the address from the warning; a typo first is refused next to the field.
+            token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+            assert token
+            fix_url = f"/actions/{published.action_id}/targets/fix"
+            fix = {"csrf_token": token.group(1), "old_address": MINISTER}
+            typo = await console.post(fix_url, data={**fix, "new_address": "minister@"})
+            assert typo.status_code == 422
+            assert "Not a valid email address" in typo.text
+            forged = {"old_address": MINISTER, "new_address": FIXED}  # no CSRF token
+            assert (await console.post(fix_url, data=forged)).status_code == 403
+            fixed = await console.post(fix_url, data={**fix, "new_address": FIXED})
+            assert fixed.status_code == 303, fixed.text
+            after = (await console.get(f"/actions/{published.action_id}")).text
+            assert "data-bounces" not in after
+            assert "Replaced after bounces" in after and f"&lt;{MINISTER}&gt;" in after
+
+        # The action page shows the new address, and the next letter goes to it.
+        async def shows_fixed() -> bool:
+            return FIXED in (await client.get(published.act_url)).text
+
+        await eventually(shows_fixed, what="the fixed address on the action page")
+        second = await client.post(
+            f"{published.act_url}/letter", json={**letter, "letter": "Free him now, please."}
+        )
+        assert second.status_code == 202, second.text
+        await eventually(lambda: stack.smtp.to(FIXED), what="the letter to the fixed address")
+        await eventually(lambda: len(stack.smtp.to(JUDGE)) == 2, what="the judge's second letter")
     assert stack.smtp.to(MINISTER) == []
-    assert len(stack.smtp.to(JUDGE)) == 1
+    assert len(stack.smtp.to(FIXED)) == 1
 
 
 async def _emails_counted(

@@ -168,6 +168,7 @@ async def test_a_draft_cannot_be_closed_or_followed_up(api: Api) -> None:
         ("patch", "", {"title": "x"}),
         ("post", "/publish", None),
         ("post", "/close", {"outcome": "released"}),
+        ("put", "/targets", {"targets": [{"name": "Minister"}]}),
         ("get", "/stats", None),
         ("get", "/stats.csv", None),
         ("get", "/stats/stream", None),
@@ -329,3 +330,54 @@ async def test_close_needs_a_known_outcome(sqlite_api: Api) -> None:
             f"/api/v1/actions/{action['id']}/close", json=body, headers=sqlite_api.auth("staff")
         )
         assert response.status_code == 422, body
+
+
+async def test_targets_change_on_a_published_action_and_the_others_hear_of_it(api: Api) -> None:
+    created = await api.create()
+    action_id = created["id"]
+    path = f"/api/v1/actions/{action_id}/targets"
+    fixed = [{**created["targets"][0], "email": "judiciary-office@example.org"}]
+    draft = await api.client.put(path, json={"targets": fixed}, headers=api.auth("staff"))
+    assert draft.status_code == 200, draft.text
+    assert draft.json()["targets"][0]["email"] == "judiciary-office@example.org"
+    assert await outbox_messages(api) == []  # a draft tells no one
+
+    await api.publish(action_id)
+    fixed = [{"name": "Head of the Judiciary", "email": "head@judiciary.example.org"}]
+    changed = await api.client.put(path, json={"targets": fixed}, headers=api.auth("admin"))
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["targets"] == [
+        {
+            "name": "Head of the Judiciary",
+            "title": None,
+            "address": None,
+            "email": "head@judiciary.example.org",
+            "salutation": None,
+        }
+    ]
+    assert changed.json()["status"] == "published"
+    [_, (key, body)] = await outbox_messages(api)
+    assert key == "action.targets_changed"
+    event = events.ActionTargetsChanged.model_validate(body)
+    assert str(event.action_id) == action_id
+    assert [t.email for t in event.targets] == ["head@judiciary.example.org"]
+
+    for bad, field in [
+        ({"targets": []}, "targets"),
+        ({"targets": [{"name": "M", "email": "not-an-email"}]}, "targets.0.email"),
+        ({"targets": [{"email": "m@example.org"}]}, "targets.0.name"),
+        ({"targets": [{"name": "M"}], "title": "x"}, "title"),
+        ({}, "targets"),
+    ]:
+        refused = await api.client.put(path, json=bad, headers=api.auth("staff"))
+        assert refused.status_code == 422, refused.text
+        assert field in {e["field"] for e in refused.json()["errors"]}, bad
+
+    closed = await api.client.post(
+        f"/api/v1/actions/{action_id}/close",
+        json={"outcome": "released"},
+        headers=api.auth("staff"),
+    )
+    assert closed.status_code == 200
+    late = await api.client.put(path, json={"targets": fixed}, headers=api.auth("staff"))
+    assert late.status_code == 409

@@ -20,6 +20,7 @@ WRITES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("post", f"/api/v1/actions/{ID}/publish", None),
     ("post", f"/api/v1/actions/{ID}/updates", {"kind": "further_information", "content": {}}),
     ("post", f"/api/v1/actions/{ID}/close", {"outcome": "released"}),
+    ("put", f"/api/v1/actions/{ID}/targets", {"targets": [{"name": "Minister"}]}),
 ]
 READS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("get", "/api/v1/actions", None),

@@ -130,6 +130,10 @@ async def test_form_posts_without_a_valid_csrf_token_get_403(
         ("/actions/new", compose_fields()),
         (f"/actions/{action_id}/edit", compose_fields()),
         (f"/actions/{action_id}/publish", [("confirm", "yes")]),
+        (
+            f"/actions/{action_id}/targets/fix",
+            [("old_address", "judiciary@example.org"), ("new_address", "x@example.org")],
+        ),
         ("/logout", []),
     ]
     for path, fields in posts:
@@ -170,6 +174,8 @@ async def test_coordinators_read_but_do_not_write(staff: Browser, coordinator: B
     await coordinator.get("/")
     refused = await coordinator.post(f"/actions/{action_id}/publish", {"confirm": "yes"})
     assert refused.status_code == 403
+    fix = {"old_address": "judiciary@example.org", "new_address": "x@example.org"}
+    assert (await coordinator.post(f"/actions/{action_id}/targets/fix", fix)).status_code == 403
     page = await coordinator.get(f"/actions/{action_id}")
     assert "Publish…" not in page.text and "New urgent action" not in page.text
 

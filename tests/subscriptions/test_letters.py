@@ -9,12 +9,16 @@ from datetime import date, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.subscriptions.handlers import SubscriptionHandlers
 from services.subscriptions.letters import MAX_LETTERS_PER_ACTION
 from services.subscriptions.links import Links
 from services.subscriptions.models import KnownAction
+from shared.events import ActionTargetsChanged, Target
+from shared.messaging import Delivery, Retry
 from tests.subscriptions.conftest import (
     action_published,
     add_recipient,
@@ -182,3 +186,31 @@ async def test_one_person_cannot_flood_the_officials(
     refused = await client.post(f"{path}/letter", json=LETTER)
     assert refused.status_code == 429
     assert len(await outbox(sessionmaker, "letter.requested")) == MAX_LETTERS_PER_ACTION
+
+
+async def test_the_page_shows_a_target_address_staff_fixed(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], links: Links
+) -> None:
+    action_id, path = await seed(sessionmaker, links)
+    handlers = SubscriptionHandlers(sessionmaker, links, lambda: None)
+    fixed = "justice.minister@example.org"
+    changed = ActionTargetsChanged(
+        action_id=action_id,
+        reference="UA 12/26",
+        targets=[
+            Target.model_validate(TARGETS[0]),
+            Target(name="Minister of Justice", email=fixed),
+        ],
+    )
+    delivery = Delivery("subscriptions.actions", changed.ROUTING_KEY, 0)
+    await handlers.on_action_event(changed, delivery)
+    await handlers.on_action_event(changed, delivery)  # redelivered: the same
+
+    page = await client.get(path)
+    assert f'href="mailto:{fixed}"' in page.text
+    assert "minister@example.org" not in page.text.replace(fixed, "")
+    assert "Prison governor" not in page.text  # the list is the one staff set
+
+    unknown = ActionTargetsChanged(action_id=uuid.uuid4(), reference="UA 1/26", targets=[])
+    with pytest.raises(Retry, match="action not known yet"):
+        await handlers.on_action_event(unknown, delivery)
