@@ -263,10 +263,18 @@ class Dispatcher:
                 )
                 return
             alerts = None
+            behind = 0
             if kind != "alert":
                 alerts = await ledger.alert_states(
                     session, action_id=action_id, keys=map(ledger.key_of, recipients)
                 )
+                # An alert still being sent or waiting for a retry goes first: this batch comes
+                # back (through the delay queue) for those recipients, as for rows held elsewhere.
+                pending = {k for k, (state, _) in alerts.items() if state in (SENDING, RETRY)}
+                if pending:
+                    before = len(recipients)
+                    recipients = [r for r in recipients if ledger.key_of(r) not in pending]
+                    behind = before - len(recipients)
             recipients, holds, unreached = self._split_held(action, kind, recipients, alerts)
             if unreached:
                 await ledger.cancel(
@@ -280,7 +288,7 @@ class Dispatcher:
             claim = await ledger.claim(
                 session, action_id=action_id, message_kind=kind, recipients=recipients
             )
-            claim.busy += held_busy
+            claim.busy += held_busy + behind
         # The claims are committed: from here a crash leaves rows ``sending`` (lease), never
         # a second copy sent by a redelivered batch.
         mine = [r for r in recipients if ledger.key_of(r) in claim.mine]

@@ -250,3 +250,35 @@ async def test_transactional_message_is_sent_once(sessionmaker: Maker) -> None:
             TransactionalMessage(template="nope", channel="sms", to="+1", language="en"),
             AMQP_DELIVERY,
         )
+
+
+async def test_a_follow_up_waits_for_an_alert_still_being_retried(sessionmaker: Maker) -> None:
+    email = FakeEmailSender()
+    dispatcher = make_dispatcher(sessionmaker, email)
+    action = action_published()
+    await dispatcher.handle_action_event(action, AMQP_DELIVERY)
+    slow, prompt = recipient(), recipient()
+    email.script[slow.address] = [SendResult.temporary("smtp:451")]
+    with pytest.raises(Retry):
+        await dispatcher.handle_batch(batch(action, [slow, prompt]), AMQP_DELIVERY)
+    update = ActionUpdated(
+        action_id=action.action_id,
+        update_id=uuid.uuid4(),
+        reference=action.reference,
+        kind="further_information",
+        content={"en": UpdateContent(subject="New information", body="Details")},
+        default_language="en",
+    )
+    await dispatcher.handle_action_event(update, AMQP_DELIVERY)
+    follow_up = batch(action, [slow, prompt], kind=f"update:{update.update_id}")
+
+    with pytest.raises(Retry, match="1 held elsewhere"):
+        await dispatcher.handle_batch(follow_up, AMQP_DELIVERY)
+    assert len(email.to(prompt.address)) == 2  # the alert, then the update
+    assert email.to(slow.address) == []  # the update never overtakes the alert
+
+    await dispatcher.handle_batch(batch(action, [slow, prompt]), AMQP_DELIVERY)  # retried
+    await dispatcher.handle_batch(follow_up, AMQP_DELIVERY)  # back from the delay queue
+    subjects = [m.split(b"Subject: ")[1].split(b"\r\n")[0] for m in email.to(slow.address)]
+    assert len(subjects) == 2 and subjects[1] == b"New information"
+    assert len(email.to(prompt.address)) == 2  # nothing twice
