@@ -21,10 +21,12 @@ from shared.db import make_engine, make_sessionmaker
 from shared.events import (
     ActionContent,
     ActionPublished,
+    ActionUpdated,
     Audience,
     DeliveryBatch,
     Recipient,
     Target,
+    UpdateContent,
 )
 from shared.messaging import Delivery as AmqpDelivery
 from shared.migrations import upgrade
@@ -64,6 +66,18 @@ def action_published(**overrides: object) -> ActionPublished:
     }
     values.update(overrides)
     return ActionPublished(**values)
+
+
+def action_updated(action: ActionPublished) -> ActionUpdated:
+    """A follow-up of ``action`` with English text ("New information")."""
+    return ActionUpdated(
+        action_id=action.action_id,
+        update_id=uuid.uuid4(),
+        reference=action.reference,
+        kind="further_information",
+        content={"en": UpdateContent(subject="New information", body="Details")},
+        default_language="en",
+    )
 
 
 def recipient(

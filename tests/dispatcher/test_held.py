@@ -7,7 +7,6 @@ import asyncio
 import email
 import email.policy
 import json
-import uuid
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from zoneinfo import ZoneInfo
@@ -19,7 +18,7 @@ from services.dispatcher.models import Delivery, DigestDelivery, Outbox
 from services.dispatcher.schedule import HELD_ATTEMPTS, HELD_RETRY_DELAY
 from services.dispatcher.scheduler import Scheduler
 from services.dispatcher.senders import SendResult
-from shared.events import ActionClosed, ActionUpdated, SubscriberErased, UpdateContent
+from shared.events import ActionClosed, SubscriberErased, UpdateContent
 
 from .conftest import (
     AMQP_DELIVERY,
@@ -27,6 +26,7 @@ from .conftest import (
     FakeSmsSender,
     ManualClock,
     action_published,
+    action_updated,
     batch,
     make_dispatcher,
     recipient,
@@ -172,14 +172,7 @@ async def test_a_follow_up_never_overtakes_a_held_alert_nor_reaches_one_it_misse
     await dispatcher.handle_action_event(action, AMQP_DELIVERY)
     await dispatcher.handle_batch(batch(action, [reader, prompt]), AMQP_DELIVERY)
     assert [m for m in email_sender.sent if m[1] == reader.address] == []
-    update = ActionUpdated(
-        action_id=action.action_id,
-        update_id=uuid.uuid4(),
-        reference=action.reference,
-        kind="further_information",
-        content={"en": UpdateContent(subject="New information", body="Details")},
-        default_language="en",
-    )
+    update = action_updated(action)
     await dispatcher.handle_action_event(update, AMQP_DELIVERY)
     kind = f"update:{update.update_id}"
     await dispatcher.handle_batch(batch(action, [reader, prompt], kind=kind), AMQP_DELIVERY)

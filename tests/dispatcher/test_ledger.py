@@ -13,7 +13,6 @@ from services.dispatcher.models import Delivery, DispatchAction, Outbox, Transac
 from services.dispatcher.senders import SendResult
 from shared.events import (
     ActionClosed,
-    ActionUpdated,
     SubscriberErased,
     TransactionalMessage,
     UpdateContent,
@@ -25,6 +24,7 @@ from .conftest import (
     FakeEmailSender,
     FakeSmsSender,
     action_published,
+    action_updated,
     batch,
     make_dispatcher,
     recipient,
@@ -162,14 +162,7 @@ async def test_follow_up_waits_for_its_text_then_goes_out(sessionmaker: Maker) -
     dispatcher = make_dispatcher(sessionmaker, email)
     action = action_published()
     await dispatcher.handle_action_event(action, AMQP_DELIVERY)
-    update = ActionUpdated(
-        action_id=action.action_id,
-        update_id=uuid.uuid4(),
-        reference=action.reference,
-        kind="further_information",
-        content={"en": UpdateContent(subject="New information", body="Details")},
-        default_language="en",
-    )
+    update = action_updated(action)
     person = recipient()
     follow_up = batch(action, [person], kind=f"update:{update.update_id}")
     with pytest.raises(Retry, match="follow-up not known yet"):
@@ -261,14 +254,7 @@ async def test_a_follow_up_waits_for_an_alert_still_being_retried(sessionmaker: 
     email.script[slow.address] = [SendResult.temporary("smtp:451")]
     with pytest.raises(Retry):
         await dispatcher.handle_batch(batch(action, [slow, prompt]), AMQP_DELIVERY)
-    update = ActionUpdated(
-        action_id=action.action_id,
-        update_id=uuid.uuid4(),
-        reference=action.reference,
-        kind="further_information",
-        content={"en": UpdateContent(subject="New information", body="Details")},
-        default_language="en",
-    )
+    update = action_updated(action)
     await dispatcher.handle_action_event(update, AMQP_DELIVERY)
     follow_up = batch(action, [slow, prompt], kind=f"update:{update.update_id}")
 
