@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.dispatcher import ledger, metrics
+from services.dispatcher.letters import retarget
 from services.dispatcher.models import (
     ACTION_CLOSED,
     ACTION_OPEN,
@@ -170,10 +171,7 @@ class Dispatcher:
             elif isinstance(message, ActionClosed):
                 await self._action_closed(session, message)
             elif isinstance(message, ActionTargetsChanged):
-                action = await session.get(DispatchAction, str(message.action_id))
-                assert action is not None  # checked above
-                # Read at each send: letters still waiting go to the new addresses.
-                action.targets = [t.model_dump() for t in message.targets]
+                await self._action_targets_changed(session, message)
             elif isinstance(message, SubscriberErased):
                 await ledger.forget_subscriber(session, str(message.subscriber_id))
             else:
@@ -196,6 +194,17 @@ class Dispatcher:
                 status=ACTION_OPEN,
                 published_at=event.published_at,
             )
+        )
+
+    async def _action_targets_changed(
+        self, session: AsyncSession, event: ActionTargetsChanged
+    ) -> None:
+        action = await session.get(DispatchAction, str(event.action_id))
+        assert action is not None  # checked by the caller
+        cancelled = await retarget(session, action, [t.model_dump() for t in event.targets])
+        log.info(
+            "action targets changed",
+            extra={"action_id": action.id, "letters_readdressed": cancelled},
         )
 
     async def _action_updated(self, session: AsyncSession, event: ActionUpdated) -> None:

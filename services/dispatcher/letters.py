@@ -115,6 +115,28 @@ def letter_targets(action: DispatchAction) -> list[LetterTarget]:
     return list(found.values())
 
 
+async def retarget(session: AsyncSession, action: DispatchAction, targets: list[Any]) -> int:
+    """ActionTargetsChanged: staff replaced the targets (a bounced address fixed, say).
+
+    Letters are addressed at each handling, so a letter still waiting (rate limit, temporary
+    failure) goes to the new addresses when it comes back. Its rows for an address no longer
+    among the targets would never be sent: cancelled. Sent and failed rows stay as they are.
+    Returns how many were cancelled."""
+    action.targets = targets
+    current = [t.email for t in letter_targets(action)]
+    result = await session.execute(
+        update(LetterDelivery)
+        .where(
+            LetterDelivery.action_id == action.id,
+            LetterDelivery.status == RETRY,
+            LetterDelivery.target_email.not_in(current),
+        )
+        .values(status=CANCELLED, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def deadline_passed(action: DispatchAction, today: date) -> bool:
     """Letters may go until the end of the deadline's day (as the subscriptions service says)."""
     return action.deadline is not None and today > action.deadline

@@ -7,6 +7,7 @@ outbox in that same transaction.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.publisher.bounces import settle_bounces
 from services.publisher.models import ActionTally, ActionUpdate, Outbox, UrgentAction
 from services.publisher.schemas import (
     ActionClose,
@@ -23,6 +25,8 @@ from services.publisher.schemas import (
 )
 from shared import events
 from shared.db import outbox_row, utcnow
+
+log = logging.getLogger(__name__)
 
 
 class ActionNotFound(Exception):
@@ -191,15 +195,23 @@ async def publish_action(*, session: AsyncSession, action_id: uuid.UUID) -> Urge
 
 
 async def replace_targets(
-    *, session: AsyncSession, action_id: uuid.UUID, targets: TargetsReplace
+    *, session: AsyncSession, action_id: uuid.UUID, targets: TargetsReplace, actor: str
 ) -> UrgentAction:
     """Set the action's targets. A draft just changes; a published action tells the services
-    that send letters and show the action page (``ActionTargetsChanged``). Closed: 409."""
+    that send letters and show the action page (``ActionTargetsChanged``). Closed: 409.
+
+    A bounced address no longer among the targets is marked fixed. ``actor`` (``token:<id>`` or
+    ``user:<id>``) is for the audit line only."""
     action = await _lock_action(session, action_id)
     if action.status == "closed":
         raise ActionConflict(f"{action.reference} is closed; its targets no longer change")
+    now = utcnow()
+    before = action.targets
     action.targets = [t.model_dump(mode="json") for t in targets.targets]
-    action.updated_at = utcnow()
+    action.updated_at = now
+    fixed = await settle_bounces(
+        session=session, action_id=action.id, before=before, after=action.targets, now=now
+    )
     if action.status == "published":
         session.add(
             outbox_row(
@@ -211,6 +223,18 @@ async def replace_targets(
                 ),
             )
         )
+    # Ids and counts only: the addresses stay out of the logs.
+    log.info(
+        "action targets replaced",
+        extra={
+            "action_id": str(action.id),
+            "reference": action.reference,
+            "status": action.status,
+            "targets": len(action.targets),
+            "bounces_fixed": fixed,
+            "actor": actor,
+        },
+    )
     return action
 
 

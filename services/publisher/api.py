@@ -153,13 +153,18 @@ async def edit_draft(
 async def replace_targets(
     action_id: ActionId,
     targets: TargetsReplace,
-    _: Writer,
+    principal: Writer,
     database: DatabaseDep,
     runtime: RuntimeDep,
 ) -> UrgentActionRead:
     """The whole target list, also once published (to fix an address that bounces letters)."""
     async with database.write() as session:
-        action = await domain.replace_targets(session=session, action_id=action_id, targets=targets)
+        action = await domain.replace_targets(
+            session=session,
+            action_id=action_id,
+            targets=targets,
+            actor=f"token:{principal.token_id}",
+        )
     runtime.relay.notify()
     return _read(action)
 

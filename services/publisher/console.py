@@ -464,8 +464,6 @@ async def _action_page(
     async with _database(request).read() as session:
         stats = await read_stats(session=session, action_id=action.id)
         bounces = await bounces_of(session=session, action_id=action.id)
-    # A bounced address still among the targets needs fixing; one replaced since is history.
-    current = {str(t.get("email") or "").lower() for t in action.targets}
     renderer = Renderer(mail_from=request.app.state.settings.mail_from)
     return render(
         request,
@@ -473,8 +471,9 @@ async def _action_page(
         {
             "action": action,
             "stats": stats,
-            "bounces": [b for b in bounces if b.address in current],
-            "fixed_bounces": [b for b in bounces if b.address not in current],
+            # One replaced since is a quiet note; the others still need fixing.
+            "bounces": [b for b in bounces if b.fixed_at is None],
+            "fixed_bounces": [b for b in bounces if b.fixed_at is not None],
             "series": SERIES,
             "body_html": {
                 lang: renderer.markdown(text.get("body") or "")
@@ -578,13 +577,20 @@ async def fix_target(request: Request, action_id: str) -> Response:
         errors["fix-new_address"] = "That address is no longer among the targets."
     elif not new:
         errors["fix-new_address"] = "Enter the new email address."
+    elif new.lower() == old:
+        errors["fix-new_address"] = "That is the address that bounced: enter the correct one."
     else:
         for target in matched:
             target["email"] = new
         try:
             replaced = TargetsReplace.model_validate({"targets": targets})
             async with _database(request).write() as session:
-                await domain.replace_targets(session=session, action_id=action.id, targets=replaced)
+                await domain.replace_targets(
+                    session=session,
+                    action_id=action.id,
+                    targets=replaced,
+                    actor=f"user:{user.id}",
+                )
         except ValidationError as exc:
             errors["fix-new_address"] = _email_error(exc)
         except domain.ActionConflict as exc:

@@ -194,3 +194,7 @@ class TargetBounce(Base):
     letters: Mapped[int] = mapped_column(Integer, default=0)
     first_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set when staff replace the address (or it is no longer a target): the warning becomes a
+    # note. fixed_to is the address letters go to instead (None: the target has no email now).
+    fixed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    fixed_to: Mapped[str | None] = mapped_column(String(320), nullable=True)

@@ -150,4 +150,5 @@ async def test_a_subscriber_sends_her_letter_and_staff_see_it_counted(
     await expect(staff.locator("[role=status]")).to_contain_text("Target address changed")
     await expect(staff.locator("[data-bounces]")).to_have_count(0)
     await expect(staff.locator("[data-fixed-bounces]")).to_contain_text(MINISTER)
+    await expect(staff.locator("[data-fixed-bounces]")).to_contain_text(f"now sent to <{fixed}>")
     await staff.screenshot(path=str(artifacts_dir / "console-target-fixed.png"), full_page=True)

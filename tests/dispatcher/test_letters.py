@@ -243,3 +243,36 @@ async def test_targets_changed_for_an_unknown_action_waits_for_it(
     early = ActionTargetsChanged(action_id=uuid.uuid4(), reference="UA 12/26", targets=TARGETS)
     with pytest.raises(Retry, match="action not known yet"):
         await make_dispatcher(sessionmaker).handle_action_event(early, LETTERS_QUEUE)
+
+
+async def test_a_letter_waiting_on_the_rate_limit_goes_to_the_fixed_address(
+    sessionmaker: async_sessionmaker[AsyncSession], sender: SmtpEmailSender, smtp: SmtpRecorder
+) -> None:
+    action_id = await published(sessionmaker)
+    clock = Clock()
+    letters = letters_of(sessionmaker, sender, clock, per_minute=1)
+    first, second = letter(action_id), letter(action_id)
+    await letters.handle_letter(first, LETTERS_QUEUE)
+    with pytest.raises(Retry):
+        await letters.handle_letter(second, LETTERS_QUEUE)  # waits in the delay queue
+
+    fixed = "justice.minister@example.org"
+    changed = ActionTargetsChanged(
+        action_id=action_id,
+        reference="UA 12/26",
+        targets=[TARGETS[0], Target(name="Minister of Justice", email=fixed), TARGETS[2]],
+    )
+    dispatcher = make_dispatcher(sessionmaker)
+    await dispatcher.handle_action_event(changed, LETTERS_QUEUE)
+    clock.now += timedelta(minutes=1)
+    await letters.handle_letter(second, LETTERS_QUEUE)  # back from the delay queue
+    await dispatcher.handle_action_event(changed, LETTERS_QUEUE)  # redelivered: nothing more
+    await letters.handle_letter(second, LETTERS_QUEUE)
+
+    assert len(smtp.to(MINISTER)) == 1  # the first letter, sent before the fix
+    assert len(smtp.to(fixed)) == 1 and len(smtp.to(JUDGE)) == 2
+    statuses = await ledger(sessionmaker)
+    first_id, second_id = str(first.letter_id)[:8], str(second.letter_id)[:8]
+    assert statuses[f"{first_id}:{MINISTER}"] == "sent"  # history kept
+    assert statuses[f"{second_id}:{MINISTER}"] == "cancelled"  # never to go there now
+    assert statuses[f"{second_id}:{fixed}"] == "sent"

@@ -113,7 +113,7 @@ async def test_letter_reaches_each_target_once_counts_and_a_bounce_warns_staff(
             assert fixed.status_code == 303, fixed.text
             after = (await console.get(f"/actions/{published.action_id}")).text
             assert "data-bounces" not in after
-            assert "Replaced after bounces" in after and f"&lt;{MINISTER}&gt;" in after
+            assert f"&lt;{MINISTER}&gt;" in after and f"now sent to &lt;{FIXED}&gt;" in after
 
         # The action page shows the new address, and the next letter goes to it.
         async def shows_fixed() -> bool:

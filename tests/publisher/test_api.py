@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from services.publisher.models import ActionUpdate, Outbox
+from services.publisher.bounces import BounceConsumer
+from services.publisher.models import ActionUpdate, Outbox, TargetBounce
 from shared import events
 from tests.publisher.conftest import Api, sample_action
 
@@ -381,3 +383,76 @@ async def test_targets_change_on_a_published_action_and_the_others_hear_of_it(ap
     assert closed.status_code == 200
     late = await api.client.put(path, json={"targets": fixed}, headers=api.auth("staff"))
     assert late.status_code == 409
+
+
+async def bounce(api: Api, action_id: str, address: str, name: str) -> None:
+    """What the dispatcher reports when a target refuses a letter (queue publisher.targets)."""
+    await BounceConsumer(api.app.state.database)(
+        events.TargetBounced(
+            action_id=uuid.UUID(action_id),
+            letter_id=uuid.uuid4(),
+            target_name=name,
+            address=address,
+            error_code="smtp:550",
+        )
+    )
+
+
+async def bounce_rows(api: Api, action_id: str) -> dict[str, TargetBounce]:
+    async with api.app.state.runtime.sessionmaker() as session:
+        rows = await session.execute(
+            select(TargetBounce).where(TargetBounce.action_id == uuid.UUID(action_id))
+        )
+        return {row.address: row for row in rows.scalars()}
+
+
+async def test_replacing_a_bounced_address_marks_it_fixed(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    created = await api.create()
+    action_id = created["id"]
+    await api.publish(action_id)
+    judge = created["targets"][0]
+    await bounce(api, action_id, "Judiciary@example.org", judge["name"])
+    [row] = (await bounce_rows(api, action_id)).values()
+    assert row.address == "judiciary@example.org" and row.fixed_at is None
+
+    path = f"/api/v1/actions/{action_id}/targets"
+    new = "head.office@judiciary.example.org"
+    with caplog.at_level(logging.INFO, logger="services.publisher.actions"):
+        fixed = await api.client.put(
+            path, json={"targets": [{**judge, "email": new}]}, headers=api.auth("staff")
+        )
+    assert fixed.status_code == 200, fixed.text
+    row = (await bounce_rows(api, action_id))["judiciary@example.org"]
+    assert row.fixed_at is not None and row.fixed_to == new
+    [line] = [r for r in caplog.records if r.getMessage() == "action targets replaced"]
+    assert line.__dict__["bounces_fixed"] == 1 and line.__dict__["actor"].startswith("token:")
+    assert "example.org" not in json.dumps({k: str(v) for k, v in line.__dict__.items()})
+
+    # A letter that left before the fix and bounces late: still fixed, the count goes on.
+    await bounce(api, action_id, "judiciary@example.org", judge["name"])
+    row = (await bounce_rows(api, action_id))["judiciary@example.org"]
+    assert row.fixed_to == new and row.letters == 2
+
+    # Changed again: the note follows the address letters go to now.
+    newer = "head@judiciary.example.org"
+    again = await api.client.put(
+        path, json={"targets": [{**judge, "email": newer}]}, headers=api.auth("staff")
+    )
+    assert again.status_code == 200, again.text
+    assert (await bounce_rows(api, action_id))["judiciary@example.org"].fixed_to == newer
+
+    # Put back (the new one was wrong after all): the old warning is due again.
+    back = await api.client.put(path, json={"targets": [judge]}, headers=api.auth("staff"))
+    assert back.status_code == 200, back.text
+    row = (await bounce_rows(api, action_id))["judiciary@example.org"]
+    assert row.fixed_at is None and row.fixed_to is None
+
+    # The target dropped its email altogether: fixed, with nowhere to send to.
+    dropped = await api.client.put(
+        path, json={"targets": [{**judge, "email": None}]}, headers=api.auth("staff")
+    )
+    assert dropped.status_code == 200, dropped.text
+    row = (await bounce_rows(api, action_id))["judiciary@example.org"]
+    assert row.fixed_at is not None and row.fixed_to is None

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from services.publisher.auth import create_api_token, hash_token, revoke_api_token
+from services.publisher.bounces import BounceConsumer
 from services.publisher.charts import Minute, activity_svg
 from services.publisher.models import Outbox, StaffUser, UrgentAction
 from services.publisher.preview import sms_preview
@@ -390,6 +391,60 @@ async def test_follow_up_and_close_from_the_action_page(sqlite_api: Api, staff: 
     assert "action.closed" in await outbox_keys(sqlite_api)
     page = await staff.get(f"/actions/{action_id}")
     assert "Closed" in page.text and "Released" in page.text
+
+
+# ---- bounced target addresses ------------------------------------------------------------------
+
+
+async def test_staff_fix_a_bounced_address_from_the_warning(
+    sqlite_api: Api, staff: Browser, coordinator: Browser
+) -> None:
+    action_id = (await sqlite_api.publish((await sqlite_api.create())["id"]))["id"]
+    old, new = "judiciary@example.org", "head.office@judiciary.example.org"
+    await BounceConsumer(sqlite_api.app.state.database)(
+        events.TargetBounced(
+            action_id=uuid.UUID(action_id),
+            letter_id=uuid.uuid4(),
+            target_name="Head of the Judiciary",
+            address=old,
+            error_code="smtp:550",
+        )
+    )
+    seen = await coordinator.get(f"/actions/{action_id}")
+    assert "data-bounces" in seen.text and "data-fix=" not in seen.text  # reads, no form
+    page = await staff.get(f"/actions/{action_id}")
+    assert f'data-bounce="{old}"' in page.text and f'data-fix="{old}"' in page.text
+
+    fix_url = f"/actions/{action_id}/targets/fix"
+    forged = await staff.post(fix_url, {"old_address": old, "new_address": new}, csrf=False)
+    assert forged.status_code == 403
+    for typo, message in [
+        ("head.office@", "Not a valid email address"),
+        ("", "Enter the new email address"),
+        (old.upper(), "That is the address that bounced"),
+    ]:
+        refused = await staff.post(fix_url, {"old_address": old, "new_address": typo})
+        assert refused.status_code == 422, typo
+        assert 'id="err-fix-new_address"' in refused.text and message in refused.text, typo
+        assert 'aria-invalid="true"' in refused.text and "data-bounces" in refused.text
+    assert "action.targets_changed" not in await outbox_keys(sqlite_api)
+
+    done = await staff.post(fix_url, {"old_address": old, "new_address": new})
+    assert done.status_code == 303, done.text
+    assert done.headers["location"] == f"/actions/{action_id}?notice=target"
+    assert (await outbox_keys(sqlite_api)).count("action.targets_changed") == 1
+    after = await staff.get(done.headers["location"])
+    assert "data-bounces" not in after.text and "data-fix=" not in after.text
+    note = after.text.split("data-fixed-bounces")[1].split("</ul>")[0]
+    assert f"&lt;{old}&gt;" in note and f"fixed: now sent to &lt;{new}&gt;" in note
+    async with sqlite_api.app.state.runtime.sessionmaker() as session:
+        action = await session.get(UrgentAction, uuid.UUID(action_id))
+        assert action is not None and action.targets[0]["email"] == new
+        assert action.targets[0]["salutation"] == "Dear Head of the Judiciary"  # the rest kept
+
+    # The same form again (a second tab): the address is gone, said next to the field.
+    stale = await staff.post(fix_url, {"old_address": old, "new_address": new})
+    assert stale.status_code == 422 and "no longer among the targets" in stale.text
 
 
 # ---- the dashboard -----------------------------------------------------------------------------
