@@ -168,7 +168,9 @@ def sample_message() -> bytes:
         unsubscribe_url="http://127.0.0.1:8002/unsubscribe/" + uuid.uuid4().hex * 2,
         preferences_url="http://127.0.0.1:8002/preferences/" + uuid.uuid4().hex * 2,
     )
-    return prepared.build(fill, now=datetime.now(UTC))
+    return prepared.build(
+        fill, now=datetime.now(UTC), message_id=f"<{uuid.uuid4().hex}@example.org>"
+    )
 
 
 def rabbitmqctl(*args: str) -> None:

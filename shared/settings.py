@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
     mail_from: str = "Urgent Action Network <alerts@localhost>"
+    # Envelope sender base for VERP (bounces+<tag>@domain); unset: the address of mail_from.
+    bounce_address: str | None = None
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
     twilio_from: str | None = None
@@ -86,6 +88,19 @@ class Settings(BaseSettings):
         if v.startswith("MG") or (v.startswith("+") and v[1:].isdigit()):
             return v
         raise ValueError("must be an E.164 number (+…) or a Messaging Service SID (MG…)")
+
+    @field_validator("bounce_address")
+    @classmethod
+    def _bounce_address(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        local, at, domain = v.partition("@")
+        # Plain local@domain only: the tag goes after a "+" in the local part.
+        if not at or not local or "." not in domain or "+" in local:
+            raise ValueError("must be a plain address such as bounces@example.org")
+        if any(c.isspace() or c in '<>,;:"()[]\\' for c in v) or not v.isascii():
+            raise ValueError("must be a plain address such as bounces@example.org")
+        return v.lower()
 
     @property
     def twilio_enabled(self) -> bool:

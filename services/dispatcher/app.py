@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from services.dispatcher.handlers import Dispatcher
+from services.dispatcher.identity import MessageTags
 from services.dispatcher.letters import LetterDispatcher
 from services.dispatcher.models import Outbox
 from services.dispatcher.rendering import Renderer
@@ -89,16 +90,22 @@ def create_app(
         runtime.relay.min_interval = REPORT_INTERVAL
         email = email_sender or SmtpEmailSender(settings, pool_size=settings.smtp_concurrency)
         sms = sms_sender or TwilioSmsSender(settings)
+        renderer = Renderer(mail_from=settings.mail_from)
+        secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+        tags = MessageTags(
+            secret, domain=renderer.message_id_domain, bounce_address=settings.bounce_address
+        )
         dispatcher = Dispatcher(
             sessionmaker=runtime.sessionmaker,
             email=email,
             sms=sms,
-            renderer=Renderer(mail_from=settings.mail_from),
+            renderer=renderer,
             email_rate=RateLimiter(settings.email_rate),
             sms_rate=RateLimiter(settings.sms_rate),
             notify=runtime.relay.notify,
             concurrency=settings.smtp_concurrency,
             clock=clock,
+            tags=tags,
         )
         # Releases held SMS and daily digests when due (quiet hours, 09:00 local).
         scheduler = Scheduler(dispatcher)
@@ -109,6 +116,7 @@ def create_app(
             email_rate=dispatcher.email_rate,
             per_target_per_minute=settings.letters_per_target_per_minute,
             notify=runtime.relay.notify,
+            tags=tags,
         )
         app.state.runtime = runtime
         app.state.dispatcher = dispatcher

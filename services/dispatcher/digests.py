@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.dispatcher import ledger, metrics
 from services.dispatcher.i18n import STRINGS
+from services.dispatcher.identity import MessageRef
 from services.dispatcher.models import (
     CANCELLED,
     DIGEST,
@@ -125,12 +126,13 @@ async def send_digest(dispatcher: Dispatcher, subscriber_id: str, *, now: dateti
         }
     latest = claimed.items[-1].recipient  # the newest address, name and links
     try:
-        message = _render(dispatcher, claimed.items, actions, now=utcnow())
+        message = _render(dispatcher, claimed, actions, now=utcnow())
     except InvalidAddress:
         result = SendResult.failed("invalid_address")
     else:
         await dispatcher.email_rate.acquire(1)
-        result = await dispatcher.email.send(dispatcher.envelope_sender, latest.address, message)
+        sender = dispatcher.envelope_for(MessageRef.digest(claimed.digest_id))
+        result = await dispatcher.email.send(sender, latest.address, message)
     async with dispatcher.sessionmaker() as session, session.begin():
         await _record(session, claimed, result, latest, retry_at=dispatcher.clock())
     dispatcher.notify()
@@ -147,11 +149,12 @@ async def send_digest(dispatcher: Dispatcher, subscriber_id: str, *, now: dateti
 
 def _render(
     dispatcher: Dispatcher,
-    items: Sequence[_Item],
+    claimed: _Claimed,
     actions: dict[str, DispatchAction],
     *,
     now: datetime,
 ) -> bytes:
+    items = claimed.items
     latest = items[-1].recipient
     language = digest_language([i.recipient.language for i in items])
     entries: list[DigestEntry] = []
@@ -181,7 +184,8 @@ def _render(
         unsubscribe_url=latest.unsubscribe_url,
         preferences_url=latest.preferences_url,
     )
-    return prepared.build(fill, now=now)
+    message_id = dispatcher.message_tags.message_id(MessageRef.digest(claimed.digest_id))
+    return prepared.build(fill, now=now, message_id=message_id)
 
 
 def digest_language(languages: Sequence[str]) -> str:

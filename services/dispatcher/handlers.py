@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.dispatcher import ledger, metrics
+from services.dispatcher.identity import MessageRef, MessageTags
 from services.dispatcher.letters import retarget
 from services.dispatcher.models import (
     ACTION_CLOSED,
@@ -148,6 +149,21 @@ class Dispatcher:
     concurrency: int = 16
     # "Now" for quiet hours and digests (tests set it); leases and stamps use the real time.
     clock: Clock = system_clock
+    # Message-IDs and VERP senders (the app passes the secret and UANET_BOUNCE_ADDRESS).
+    tags: MessageTags | None = None
+
+    def __post_init__(self) -> None:
+        if self.tags is None:
+            self.tags = MessageTags(None, domain=self.renderer.message_id_domain)
+
+    @property
+    def message_tags(self) -> MessageTags:
+        assert self.tags is not None  # set in __post_init__
+        return self.tags
+
+    def envelope_for(self, ref: MessageRef) -> str:
+        """MAIL FROM of this message: its VERP address, else the address of UANET_MAIL_FROM."""
+        return self.message_tags.envelope_sender(ref) or self.envelope_sender
 
     @functools.cached_property
     def envelope_sender(self) -> str:
@@ -516,12 +532,13 @@ class Dispatcher:
 
     async def _send_one(self, context: _BatchContext, recipient: Recipient) -> SendOutcome:
         if recipient.channel == "email":
+            ref = MessageRef.delivery(context.claim.mine[ledger.key_of(recipient)])
             try:
-                message = self._email_for(context, recipient)
+                message = self._email_for(context, recipient, ref)
             except InvalidAddress:
                 return SendOutcome(recipient, SendResult.failed("invalid_address"))
             await self.email_rate.acquire(1)
-            result = await self.email.send(self.envelope_sender, recipient.address, message)
+            result = await self.email.send(self.envelope_for(ref), recipient.address, message)
             return SendOutcome(recipient, result)
         if context.alert is not None:
             body = self.renderer.alert_sms(context.alert, recipient.language, recipient.act_url)
@@ -534,7 +551,7 @@ class Dispatcher:
         await self.sms_rate.acquire(segments)
         return SendOutcome(recipient, await self.sms.send(recipient.address, body), segments)
 
-    def _email_for(self, context: _BatchContext, recipient: Recipient) -> bytes:
+    def _email_for(self, context: _BatchContext, recipient: Recipient, ref: MessageRef) -> bytes:
         text = context.alert or context.follow_up
         assert text is not None
         language = pick_language(recipient.language, text.content, text.default_language)
@@ -559,7 +576,7 @@ class Dispatcher:
             unsubscribe_url=recipient.unsubscribe_url,
             preferences_url=recipient.preferences_url,
         )
-        return prepared.build(fill, now=utcnow())
+        return prepared.build(fill, now=utcnow(), message_id=self.message_tags.message_id(ref))
 
     async def _record(
         self, context: _BatchContext, outcomes: Sequence[SendOutcome]
@@ -701,7 +718,8 @@ class Dispatcher:
         if channel == "email":
             assert isinstance(rendered, bytes)
             await self.email_rate.acquire(1)
-            result = await self.email.send(self.envelope_sender, message.to, rendered)
+            ref = MessageRef.transactional(key)
+            result = await self.email.send(self.envelope_for(ref), message.to, rendered)
         else:
             assert isinstance(rendered, str)
             await self.sms_rate.acquire(segment_count(rendered))
@@ -762,8 +780,9 @@ class Dispatcher:
             confirm_url=confirm_url,
             unsubscribe_url=message.unsubscribe_url,
         )
+        ref = MessageRef.transactional(str(message.message_id))
         try:
-            return prepared.build(fill, now=utcnow())
+            return prepared.build(fill, now=utcnow(), message_id=self.message_tags.message_id(ref))
         except InvalidAddress:
             raise Reject("address not fit for an email header") from None
 

@@ -26,7 +26,7 @@ from datetime import UTC, date, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.utils import format_datetime, parseaddr
 from typing import Any
 
 from prometheus_client import Counter
@@ -35,6 +35,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from services.dispatcher.identity import MessageRef, MessageTags
 from services.dispatcher.ledger import TRANSACTIONAL_LEASE
 from services.dispatcher.models import (
     ACTION_CLOSED,
@@ -217,6 +218,13 @@ class LetterDispatcher:
     notify: Callable[[], None] = lambda: None
     clock: Callable[[], datetime] = utcnow
     today: Callable[[], date] = _today
+    # Message-IDs and VERP senders, shared with the alerts (the app passes the dispatcher's).
+    tags: MessageTags | None = None
+
+    def __post_init__(self) -> None:
+        if self.tags is None:
+            domain = self.from_address.rpartition("@")[2] or "uanet.invalid"
+            self.tags = MessageTags(None, domain=domain)
 
     @property
     def from_address(self) -> str:
@@ -228,13 +236,16 @@ class LetterDispatcher:
         letter = replace(letter, subject=plan.subject)
         outcomes: list[tuple[_Claimed, SendResult]] = []
         for claimed in plan.claimed:
+            ref = MessageRef.letter(claimed.row_id)
             try:
-                raw = self.build(letter, claimed.target, now=self.clock())
+                raw = self.build(letter, claimed.target, now=self.clock(), ref=ref)
             except ValueError:
                 outcomes.append((claimed, SendResult.failed("invalid_address")))
                 continue
             await self.email_rate.acquire(1)
-            result = await self.email.send(self.from_address, claimed.target.email, raw)
+            assert self.tags is not None  # set in __post_init__
+            sender = self.tags.envelope_sender(ref) or self.from_address
+            result = await self.email.send(sender, claimed.target.email, raw)
             outcomes.append((claimed, result))
         temporary = await self._record(message, outcomes)
         if temporary:
@@ -326,15 +337,19 @@ class LetterDispatcher:
             )
         return plan
 
-    def build(self, letter: PreparedLetter, target: LetterTarget, *, now: datetime) -> bytes:
+    def build(
+        self, letter: PreparedLetter, target: LetterTarget, *, now: datetime, ref: MessageRef
+    ) -> bytes:
         """The email to one target; raises ValueError for an address unfit for a header."""
+        assert self.tags is not None  # set in __post_init__
         message = EmailMessage(policy=SMTP)
         message["From"] = Address(display_name=letter.sender_name, addr_spec=self.from_address)
         message["Reply-To"] = letter.reply_to
         message["To"] = Address(display_name=header_safe(target.name, 200), addr_spec=target.email)
         message["Subject"] = letter.subject
         message["Date"] = format_datetime(now)
-        message["Message-ID"] = make_msgid(domain=self.from_address.rpartition("@")[2] or None)
+        # Fixed by the letter and the target: a resend after a crash is the same message.
+        message["Message-ID"] = self.tags.message_id(ref)
         message.set_content(letter.body)
         return message.as_bytes()
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import html
-import itertools
 import re
 import secrets
 from collections.abc import Mapping
@@ -127,7 +126,6 @@ class PreparedEmail:
         shared_headers: bytes,
         text: list[bytes | str],
         html_part: list[bytes | str],
-        message_id_domain: str,
         one_click_unsubscribe: bool,
     ) -> None:
         self.boundary = f"==uanet_{secrets.token_hex(16)}=="
@@ -150,10 +148,11 @@ class PreparedEmail:
         self._close = b"\r\n--" + b + b"--\r\n"
         self._text = text
         self._html = html_part
-        self._domain = message_id_domain
         self._one_click = one_click_unsubscribe
 
-    def build(self, fill: RecipientFill, *, now: datetime) -> bytes:
+    def build(self, fill: RecipientFill, *, now: datetime, message_id: str) -> bytes:
+        """The whole message for one recipient; ``message_id`` (``<tag@domain>``, from
+        ``identity.MessageTags``) is fixed by what the message is, so a resend repeats it."""
         to = header_safe(fill.to, limit=320)
         if not to or " " in to or "<" in to or ">" in to or "," in to:
             raise InvalidAddress("address not fit for a header")
@@ -163,7 +162,7 @@ class PreparedEmail:
         lines = [
             b"To: " + to.encode("utf-8"),
             b"Date: " + _date_header(now),
-            b"Message-ID: <" + _message_id() + b"@" + self._domain.encode() + b">",
+            b"Message-ID: " + message_id.encode("ascii"),
         ]
         if self._one_click and fill.unsubscribe_url:
             unsubscribe = self._value(fill, "unsubscribe_url", values)
@@ -209,16 +208,6 @@ class PreparedEmail:
                 chunk = encoded[value] = _qp(value)
             out.append(chunk)
         return out
-
-
-# Message-IDs: a random prefix per process and a counter, unique without a random read per
-# message (uuid4 was a visible share of building one).
-_MESSAGE_ID_PREFIX = secrets.token_hex(12).encode("ascii")
-_message_ids = itertools.count()
-
-
-def _message_id() -> bytes:
-    return _MESSAGE_ID_PREFIX + b"." + str(next(_message_ids)).encode("ascii")
 
 
 @functools.lru_cache(maxsize=4)
@@ -316,7 +305,6 @@ class Renderer:
             shared_headers=shared,
             text=_split(text),
             html_part=_split(body),
-            message_id_domain=self.message_id_domain,
             one_click_unsubscribe=has_unsubscribe,
         )
 

@@ -86,6 +86,7 @@ def preview_action(action: UrgentAction, settings: Settings) -> list[LanguagePre
                 to=SAMPLE_ADDRESS, greeting=renderer.greeting(language, SAMPLE_NAME), **links
             ),
             now=utcnow(),
+            message_id=f"<preview-{language}@{renderer.message_id_domain}>",
         )
         message = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(message, EmailMessage)

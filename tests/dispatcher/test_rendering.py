@@ -20,6 +20,7 @@ from .conftest import MAIL_FROM
 
 RENDERER = Renderer(mail_from=MAIL_FROM)
 NOW = datetime(2026, 11, 28, 9, 30, tzinfo=UTC)
+MESSAGE_ID = "<d1-aaaaaaaaaa@example.org>"
 
 
 def action(**content: ActionContent) -> UrgentActionText:
@@ -57,7 +58,7 @@ def part(message: EmailMessage, subtype: str) -> str:
 
 def test_alert_email_is_multipart_with_links_and_one_click_headers() -> None:
     prepared = RENDERER.alert_email(action(), "en", has_act=True, has_preferences=True)
-    message = parse(prepared.build(fill(), now=NOW))
+    message = parse(prepared.build(fill(), now=NOW, message_id=MESSAGE_ID))
     assert message.get_content_type() == "multipart/alternative"
     assert message["From"] == MAIL_FROM
     assert message["To"] == "ana@example.net"
@@ -77,7 +78,7 @@ def test_alert_email_is_multipart_with_links_and_one_click_headers() -> None:
 
 def test_one_rendering_serves_many_recipients_with_their_own_values() -> None:
     prepared = RENDERER.alert_email(action(), "en", has_act=True, has_preferences=True)
-    first = parse(prepared.build(fill(), now=NOW))
+    first = parse(prepared.build(fill(), now=NOW, message_id=MESSAGE_ID))
     second = parse(
         prepared.build(
             fill(
@@ -86,12 +87,15 @@ def test_one_rendering_serves_many_recipients_with_their_own_values() -> None:
                 act_url="http://x/act/B",
             ),
             now=NOW,
+            message_id="<d2-bbbbbbbbbb@example.org>",
         )
     )
     assert second["To"] == "ben@example.net"
     assert "Dear Ben," in part(second, "plain") and "Dear Ana" not in part(second, "plain")
     assert "http://x/act/B" in part(second, "html")
-    assert first["Message-ID"] != second["Message-ID"]
+    # Each recipient's own Message-ID, exactly as given (identity.MessageTags makes it).
+    assert first["Message-ID"] == MESSAGE_ID
+    assert second["Message-ID"] == "<d2-bbbbbbbbbb@example.org>"
 
 
 def test_staff_text_cannot_inject_html_or_template_syntax() -> None:
@@ -102,7 +106,7 @@ def test_staff_text_cannot_inject_html_or_template_syntax() -> None:
         sms="{{ config }}",
     )
     prepared = RENDERER.alert_email(action(en=hostile), "en", has_act=True, has_preferences=False)
-    html = part(parse(prepared.build(fill(), now=NOW)), "html")
+    html = part(parse(prepared.build(fill(), now=NOW, message_id=MESSAGE_ID)), "html")
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "<b>Bold</b>" not in html
@@ -117,7 +121,7 @@ def test_staff_text_cannot_inject_html_or_template_syntax() -> None:
 def test_staff_text_cannot_forge_a_recipient_slot() -> None:
     content = ActionContent(subject="S", body="before \x00unsubscribe_url\x00 after")
     prepared = RENDERER.alert_email(action(en=content), "en", has_act=True, has_preferences=False)
-    text = part(parse(prepared.build(fill(), now=NOW)), "plain")
+    text = part(parse(prepared.build(fill(), now=NOW, message_id=MESSAGE_ID)), "plain")
     assert "before unsubscribe_url after" in text
 
 
@@ -125,7 +129,9 @@ def test_headers_carry_no_cr_or_lf_from_staff_or_subscriber_input() -> None:
     content = ActionContent(subject="Hello\r\nBcc: victim@example.com\nX-Evil: 1", body="b")
     prepared = RENDERER.alert_email(action(en=content), "en", has_act=True, has_preferences=False)
     raw = prepared.build(
-        fill(unsubscribe_url="http://localhost:8002/unsubscribe/U\r\nBcc: x@example.com"), now=NOW
+        fill(unsubscribe_url="http://localhost:8002/unsubscribe/U\r\nBcc: x@example.com"),
+        now=NOW,
+        message_id=MESSAGE_ID,
     )
     message = parse(raw)
     assert message["Bcc"] is None and message["X-Evil"] is None
@@ -135,13 +141,15 @@ def test_headers_carry_no_cr_or_lf_from_staff_or_subscriber_input() -> None:
     assert b"\nBcc:" not in head and b"\nX-Evil" not in head
     assert header_safe("a\r\nb\tc") == "a b c"
     with pytest.raises(InvalidAddress):
-        prepared.build(fill(to="ana@example.net\r\nBcc: x@example.com"), now=NOW)
+        prepared.build(
+            fill(to="ana@example.net\r\nBcc: x@example.com"), now=NOW, message_id=MESSAGE_ID
+        )
 
 
 def test_non_ascii_subject_is_encoded_and_round_trips() -> None:
     content = ActionContent(subject="Journaliste en danger : agissez é ç 🙂", body="Texte")
     prepared = RENDERER.alert_email(action(fr=content), "fr", has_act=True, has_preferences=False)
-    raw = prepared.build(fill(), now=NOW)
+    raw = prepared.build(fill(), now=NOW, message_id=MESSAGE_ID)
     assert all(byte < 128 for byte in raw.split(b"\r\n\r\n", 1)[0])  # headers are 7-bit
     assert parse(raw)["Subject"] == "Journaliste en danger : agissez é ç 🙂"
 
@@ -155,12 +163,16 @@ def test_language_falls_back_to_the_default() -> None:
         fr=ActionContent(subject="Français", body="b"),
     )
     es = parse(
-        RENDERER.alert_email(text, "es", has_act=True, has_preferences=False).build(fill(), now=NOW)
+        RENDERER.alert_email(text, "es", has_act=True, has_preferences=False).build(
+            fill(), now=NOW, message_id=MESSAGE_ID
+        )
     )
     assert es["Subject"] == "English"
     assert "Take action now" in part(es, "plain")
     fr = parse(
-        RENDERER.alert_email(text, "fr", has_act=True, has_preferences=False).build(fill(), now=NOW)
+        RENDERER.alert_email(text, "fr", has_act=True, has_preferences=False).build(
+            fill(), now=NOW, message_id=MESSAGE_ID
+        )
     )
     assert fr["Subject"] == "Français" and "Agissez maintenant" in part(fr, "plain")
 
@@ -170,7 +182,7 @@ def test_arabic_email_is_right_to_left() -> None:
     html = part(
         parse(
             RENDERER.alert_email(text, "ar", has_act=True, has_preferences=False).build(
-                fill(), now=NOW
+                fill(), now=NOW, message_id=MESSAGE_ID
             )
         ),
         "html",
@@ -203,7 +215,7 @@ def test_follow_up_uses_the_update_text() -> None:
     )
     message = parse(
         RENDERER.follow_up_email(follow_up, "en", has_act=False, has_preferences=False).build(
-            fill(act_url=""), now=NOW
+            fill(act_url=""), now=NOW, message_id=MESSAGE_ID
         )
     )
     assert message["Subject"] == "Released!"
@@ -218,6 +230,7 @@ def test_confirmation_email_without_unsubscribe_link_has_no_list_headers() -> No
         prepared.build(
             RecipientFill(to="ana@example.net", greeting="Hola:", confirm_url="http://x/confirm/C"),
             now=NOW,
+            message_id=MESSAGE_ID,
         )
     )
     assert message["List-Unsubscribe"] is None

@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
+from pydantic import SecretStr
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
 from devtools.twilio_fake import FakeTwilio
 from services.dispatcher.app import create_app
+from services.dispatcher.identity import MessageRef, MessageTags
 from services.dispatcher.models import Delivery, Outbox
 from shared.messaging import Broker, list_dead_letters
 from shared.migrations import upgrade
@@ -266,3 +269,34 @@ async def test_status_webhook_refuses_everything_without_an_auth_token(
             "/webhooks/twilio/status", data=params, headers=signed(params, "")
         )
         assert response.status_code == 403
+
+
+async def test_an_alert_sent_again_after_a_crash_is_the_same_message(
+    service_settings: Settings, smtp: SmtpRecorder
+) -> None:
+    """The Message-ID and the VERP sender are fixed by the ledger row (what the message is):
+    a row left ``sending`` by a dead process is sent again as the same message."""
+    settings = service_settings.model_copy(
+        update={"bounce_address": "bounces@example.org", "secret_key": SecretStr("k" * 32)}
+    )
+    async with running(settings) as (app, _, broker):
+        action = action_published()
+        person = recipient()
+        await broker.publish_event(action)
+        await broker.publish_event(batch(action, [person]))
+        await eventually(lambda: smtp.to(person.address), what="the alert")
+        sessionmaker = app.state.runtime.sessionmaker
+        async with sessionmaker() as session, session.begin():
+            [row] = (await session.scalars(select(Delivery))).all()
+            # As a SIGKILL between the relay's 250 and our commit leaves it: sending, lease over.
+            row.status, row.updated_at = "sending", datetime.now(UTC) - timedelta(minutes=1)
+            row_id = row.id
+        await broker.publish_event(batch(action, [person]))  # redelivered after the crash
+        await eventually(lambda: len(smtp.to(person.address)) == 2, what="the resend")
+
+    first, again = smtp.to(person.address)
+    tags = MessageTags("k" * 32, domain="example.org", bounce_address="bounces@example.org")
+    ref = MessageRef.delivery(row_id)
+    assert first.header("Message-ID") == again.header("Message-ID") == tags.message_id(ref)
+    assert first.mail_from == again.mail_from == tags.envelope_sender(ref)
+    assert tags.from_bounce_address(first.mail_from) == ref
