@@ -44,7 +44,7 @@ OUTBOX_HOST = "127.0.0.1"
 OUTBOX_PORT = 8026
 OUTBOX_NUMBER = "+15005550006"
 READY_TIMEOUT = 60.0
-STOP_GRACE = 10.0  # uvicorn's own graceful shutdown is 5 s
+STOP_GRACE = 35.0  # a dispatcher finishes and records its sends within 30 s (SIGTERM)
 
 _DESCRIPTIONS = {
     "publisher": "publisher (staff console and API)",

@@ -24,6 +24,7 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
     AbstractIncomingMessage,
+    AbstractQueue,
     AbstractRobustConnection,
 )
 from prometheus_client import Counter
@@ -243,6 +244,10 @@ class Broker:
         self._publish_lock = asyncio.Lock()
         # Handlers still running (see _run_shielded); close() lets them finish first.
         self._inflight: set[asyncio.Task[None]] = set()
+        # Messages being handled, settling included (see drain()).
+        self._handling: set[asyncio.Task[Any]] = set()
+        # Every consumer started, to cancel on a graceful stop.
+        self._consumers: list[tuple[AbstractQueue, str]] = []
 
     async def connect(self) -> None:
         connection = await aio_pika.connect_robust(
@@ -258,10 +263,31 @@ class Broker:
             raise
         self._connection, self._channel, self._exchange = connection, channel, exchange
 
+    async def stop_consuming(self) -> None:
+        """A graceful stop begins: the broker delivers nothing more to this process (what it
+        holds unacked goes back to the queue when the channel closes)."""
+        consumers, self._consumers = self._consumers, []
+        for queue, tag in consumers:
+            try:
+                await queue.cancel(tag, timeout=5)
+            except Exception:  # noqa: BLE001 - the connection is going anyway
+                log.warning("could not cancel a consumer", extra={"queue": queue.name})
+
+    async def drain(self, *, timeout: float) -> bool:
+        """Wait until every message under way is handled and settled (acked, retried or
+        dead-lettered); True if they all were within ``timeout``."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._handling or self._inflight:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            await asyncio.wait({*self._handling, *self._inflight}, timeout=left)
+        return True
+
     async def close(self, *, drain_timeout: float = 10.0) -> None:
-        if self._inflight:
+        if self._handling or self._inflight:
             # A graceful stop: let the handlers under way commit (bounded), then close.
-            await asyncio.wait(set(self._inflight), timeout=drain_timeout)
+            await self.drain(timeout=drain_timeout)
         if self._connection is not None:
             connection, self._connection = self._connection, None
             self._channel = None
@@ -359,9 +385,17 @@ class Broker:
         )
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await self._handle(spec, message, handler, models)
+            task = asyncio.current_task()
+            if task is not None:
+                self._handling.add(task)
+            try:
+                await self._handle(spec, message, handler, models)
+            finally:
+                if task is not None:
+                    self._handling.discard(task)
 
-        await queue.consume(on_message)
+        tag = await queue.consume(on_message)
+        self._consumers.append((queue, tag))
 
     async def _handle(
         self,

@@ -21,6 +21,11 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# A deploy stops a process with SIGTERM and kills it 30 s later (Docker's default is 10 s:
+# docker-compose.yml sets stop_grace_period): handlers under way get most of that to finish.
+DRAIN_TIMEOUT = 20.0
+FINAL_RELAY_TIMEOUT = 3.0
+
 
 @dataclass(frozen=True)
 class Subscription:
@@ -85,13 +90,25 @@ class ServiceRuntime:
         broker = self.broker.connected and self._started.is_set()
         return {"database": await ping(self.engine), "broker": broker}
 
-    async def stop(self) -> None:
+    async def stop(self, *, drain_timeout: float = DRAIN_TIMEOUT) -> None:
+        """A graceful stop (SIGTERM, a deploy): take no new message, let the ones under way
+        finish, commit and settle, publish what they wrote to the outbox, then close. What a
+        handler had not started goes back to its queue for the next process."""
         if self._starter is not None:
             self._starter.cancel()
             try:
                 await self._starter
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
+        await self.broker.stop_consuming()
+        if not await self.broker.drain(timeout=drain_timeout):
+            log.warning("%s stopped with messages still being handled", self.service)
         await self.relay.stop()
+        if self.broker.connected:
+            try:
+                # Counts and events the last handlers committed go out now, not at next start.
+                await asyncio.wait_for(self.relay.relay_once(), FINAL_RELAY_TIMEOUT)
+            except Exception:  # noqa: BLE001 - the outbox keeps them for the next process
+                log.warning("final outbox pass failed; the next start publishes the rest")
         await self.broker.close()
         await self.engine.dispose()

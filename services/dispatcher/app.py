@@ -127,6 +127,10 @@ def create_app(
             scheduler.start()
             yield
         finally:
+            # SIGTERM (a deploy): stop starting sends first, so what is in flight is all
+            # that the drain below waits for; then consumers, handlers and outbox wind down.
+            dispatcher.stop_taking_work()
+            letters.stop_taking_work()
             await scheduler.stop()
             await runtime.stop()
             await email.close()

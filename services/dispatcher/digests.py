@@ -86,7 +86,7 @@ async def release_digests(dispatcher: Dispatcher, *, page_size: int) -> int:
     async with dispatcher.sessionmaker() as session, session.begin():
         await _take_back_abandoned(session)
     sent = 0
-    while True:
+    while not dispatcher.stopping:  # a graceful stop: the rest are due for the next process
         async with dispatcher.sessionmaker() as session:
             subscribers = list(
                 (
@@ -102,9 +102,12 @@ async def release_digests(dispatcher: Dispatcher, *, page_size: int) -> int:
         if not subscribers:
             return sent
         for subscriber_id in subscribers:
+            if dispatcher.stopping:
+                break
             # Each call moves every due row of this subscriber out of the due set, so the
             # loop ends.
             sent += await send_digest(dispatcher, subscriber_id, now=now)
+    return sent
 
 
 async def send_digest(dispatcher: Dispatcher, subscriber_id: str, *, now: datetime) -> int:

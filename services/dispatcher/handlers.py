@@ -103,6 +103,10 @@ TEMPLATE_CHANNEL: dict[str, Channel] = {
 }
 
 
+class _Stopped(Exception):
+    """Raised before a send that must not start because the process is stopping."""
+
+
 @dataclass(frozen=True)
 class SendOutcome:
     recipient: Recipient
@@ -132,6 +136,8 @@ class _BatchContext:
     last_try: frozenset[int] = frozenset()
     # Serializes this handling's own writes to its rows (records, lease renewals).
     writing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Claimed rows given back unsent because the process is stopping.
+    released: int = 0
     emails: dict[tuple[str, bool, bool], PreparedEmail] = field(default_factory=dict)
 
 
@@ -152,9 +158,17 @@ class Dispatcher:
     # Message-IDs and VERP senders (the app passes the secret and UANET_BOUNCE_ADDRESS).
     tags: MessageTags | None = None
 
+    # Set on SIGTERM: no new batch, no new send; what is in flight finishes and is recorded.
+    stopping: bool = field(default=False, init=False)
+
     def __post_init__(self) -> None:
         if self.tags is None:
             self.tags = MessageTags(None, domain=self.renderer.message_id_domain)
+
+    def stop_taking_work(self) -> None:
+        """A graceful stop begins: sends under way finish and are recorded; the recipients not
+        yet sent to go back to the ledger (and their batch to the queue) for the next process."""
+        self.stopping = True
 
     @property
     def message_tags(self) -> MessageTags:
@@ -266,6 +280,8 @@ class Dispatcher:
         kind = batch.message_kind
         if not MESSAGE_KIND.match(kind):
             raise Reject(f"unknown message kind {kind[:40]!r}")
+        if self.stopping:
+            raise Retry("dispatcher stopping", delay=ledger.STOPPING_DELAY, defer=True)
         action_id = str(batch.action_id)
         recipients = ledger.unique_recipients(batch.recipients)
         if not recipients:
@@ -328,6 +344,13 @@ class Dispatcher:
             created_at=batch.occurred_at,
         )
         retrying = await self._send_all(context, mine)
+        if context.released:
+            # Stopping: the rest is for the next process (or another dispatcher), at once.
+            raise Retry(
+                f"dispatcher stopping: {context.released} left to send",
+                delay=ledger.STOPPING_DELAY,
+                defer=True,
+            )
         temporary = sum(retrying.values())
         log.info(
             "batch handled",
@@ -434,10 +457,14 @@ class Dispatcher:
         async def worker() -> None:
             try:
                 for recipient in pending:
-                    if context.closed:
-                        break  # the action closed meanwhile: what has not gone out stays home
+                    if context.closed or self.stopping:
+                        # The action closed meanwhile: what has not gone out stays home.
+                        # Stopping: it is left, claimed, for release_claimed below.
+                        break
                     try:
                         outcome = await self._send_one(context, recipient)
+                    except _Stopped:
+                        break
                     except Exception:  # noqa: BLE001 - one bad recipient must not stall the rest
                         log.exception(
                             "sending failed unexpectedly",
@@ -467,6 +494,18 @@ class Dispatcher:
             for task in workers:
                 task.cancel()
             await asyncio.gather(renewal, *workers, return_exceptions=True)
+        if self.stopping and not context.closed:
+            async with context.writing, self.sessionmaker() as session, session.begin():
+                context.released = await ledger.release_claimed(session, token=context.claim.token)
+            if context.released:
+                log.info(
+                    "stopping: unsent recipients left for the next process",
+                    extra={
+                        "action": context.reference,
+                        "batch_id": context.batch_id,
+                        "released": context.released,
+                    },
+                )
         if context.closed:
             async with self.sessionmaker() as session, session.begin():
                 cancelled = await ledger.cancel_claimed(session, token=context.claim.token)
@@ -538,6 +577,8 @@ class Dispatcher:
             except InvalidAddress:
                 return SendOutcome(recipient, SendResult.failed("invalid_address"))
             await self.email_rate.acquire(1)
+            if self.stopping:
+                raise _Stopped  # the rate limit held it back until after SIGTERM: not sent
             result = await self.email.send(self.envelope_for(ref), recipient.address, message)
             return SendOutcome(recipient, result)
         if context.alert is not None:
@@ -549,6 +590,8 @@ class Dispatcher:
             )
         segments = segment_count(body)
         await self.sms_rate.acquire(segments)
+        if self.stopping:
+            raise _Stopped
         return SendOutcome(recipient, await self.sms.send(recipient.address, body), segments)
 
     def _email_for(self, context: _BatchContext, recipient: Recipient, ref: MessageRef) -> bytes:

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.dispatcher.identity import MessageRef, MessageTags
-from services.dispatcher.ledger import TRANSACTIONAL_LEASE
+from services.dispatcher.ledger import STOPPING_DELAY, TRANSACTIONAL_LEASE
 from services.dispatcher.models import (
     ACTION_CLOSED,
     CANCELLED,
@@ -220,6 +220,7 @@ class LetterDispatcher:
     today: Callable[[], date] = _today
     # Message-IDs and VERP senders, shared with the alerts (the app passes the dispatcher's).
     tags: MessageTags | None = None
+    stopping: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         if self.tags is None:
@@ -230,12 +231,20 @@ class LetterDispatcher:
     def from_address(self) -> str:
         return parseaddr(header_safe(self.mail_from))[1] or header_safe(self.mail_from)
 
+    def stop_taking_work(self) -> None:
+        """SIGTERM: the letter being sent stops before its next target (see handle_letter)."""
+        self.stopping = True
+
     async def handle_letter(self, message: LetterRequested, delivery: AmqpDelivery) -> None:
+        if self.stopping:
+            raise Retry("dispatcher stopping", delay=STOPPING_DELAY, defer=True)
         letter = self._prepared(message)
         plan = await self._claim(message)
         letter = replace(letter, subject=plan.subject)
         outcomes: list[tuple[_Claimed, SendResult]] = []
         for claimed in plan.claimed:
+            if self.stopping:
+                break
             ref = MessageRef.letter(claimed.row_id)
             try:
                 raw = self.build(letter, claimed.target, now=self.clock(), ref=ref)
@@ -248,12 +257,29 @@ class LetterDispatcher:
             result = await self.email.send(sender, claimed.target.email, raw)
             outcomes.append((claimed, result))
         temporary = await self._record(message, outcomes)
+        unsent = [c.row_id for c in plan.claimed[len(outcomes) :]]
+        if unsent:
+            await self._release(unsent)
+            raise Retry(
+                f"dispatcher stopping: {len(unsent)} letters left", delay=STOPPING_DELAY, defer=True
+            )
         if temporary:
             raise Retry(f"{temporary} letters failed temporarily")
         if plan.busy:
             raise Retry(f"{plan.busy} letters held by another handling")
         if plan.deferred:
             raise Retry(f"{plan.deferred} targets over their rate", delay=RATE_WAIT, defer=True)
+
+    async def _release(self, row_ids: Sequence[int]) -> None:
+        """Claimed letters not sent because the process is stopping: claimable again at once
+        (not after the lease), and not counted as an attempt."""
+        async with self.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(LetterDelivery)
+                .where(LetterDelivery.id.in_(row_ids), LetterDelivery.status == SENDING)
+                .values(status=RETRY, attempts=LetterDelivery.attempts - 1, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
 
     def _prepared(self, message: LetterRequested) -> PreparedLetter:
         name = header_safe(message.sender_name, limit=200)

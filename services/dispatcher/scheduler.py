@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 RELEASE_INTERVAL = 15.0
 # Rows (or digest subscribers) per transaction.
 RELEASE_PAGE = 200
+# On a graceful stop, how long a round under way may take to finish (its sends stop early).
+STOP_TIMEOUT = 15.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Scheduler:
     page_size: int = RELEASE_PAGE
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
+    _stopping: bool = False
 
     @property
     def clock(self) -> Clock:
@@ -71,13 +74,23 @@ class Scheduler:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="uanet-dispatcher-scheduler")
 
-    async def stop(self) -> None:
+    async def stop(self, *, timeout: float = STOP_TIMEOUT) -> None:
+        """Let a round under way finish (its sends stop early: ``Dispatcher.stopping``), then
+        end; cancelled only if it overruns, since a send cut short would go out twice."""
         if self._task is not None:
-            self._task.cancel()
+            self._stopping = True
+            self._wake.set()
             try:
-                await self._task
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                self._task.cancel()
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping anyway
                 pass
+            if not self._task.done():
+                try:
+                    await self._task
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                    pass
             self._task = None
 
     def wake(self) -> None:
@@ -85,7 +98,7 @@ class Scheduler:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.run_once()
             except asyncio.CancelledError:
@@ -103,11 +116,13 @@ class Scheduler:
         async with self.dispatcher.sessionmaker() as session, session.begin():
             await ledger.take_back_held(session)
         sms = 0
-        while True:
+        while not self.dispatcher.stopping:
             handled, sent = await self.release_sms_page()
             sms += sent
             if not handled:
                 break
+        if self.dispatcher.stopping:
+            return Released(sms=sms, digests=0)
         count = await digests.release_digests(self.dispatcher, page_size=self.page_size)
         return Released(sms=sms, digests=count)
 

@@ -4,9 +4,10 @@ counts a fault test ends on (what the sink accepted, what the ledger says)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import httpx
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import func, insert, select
 
+from devtools.latency_proxy import LatencyProxyProcess, start_latency_proxy
 from devtools.twilio_fake import FakeTwilio
 from services.dispatcher.models import Delivery
 from services.subscriptions.models import Subscriber
@@ -23,6 +25,7 @@ from tests.e2e.stack import Stack, open_stack
 from tests.support import SmtpRecorder, free_port
 
 CONFIRMED = "confirmed"
+_MESSAGE_ID = re.compile(rb"(?im)^Message-ID:[ \t]*(\S+)")
 
 ACTION: dict[str, Any] = {
     "title": "Human rights defender at risk of execution",
@@ -60,6 +63,10 @@ class FaultySmtp(SmtpRecorder):
         self.hold_after: int | None = None
         self.held = 0
         self._release = threading.Event()
+        # Transactions begun (MAIL) and not yet answered after DATA: sends in flight.
+        self.in_flight = 0
+        # Each accepted message's Message-ID, per address, in the order accepted.
+        self.message_ids: dict[str, list[str]] = defaultdict(list)
 
     @property
     def total(self) -> int:
@@ -71,6 +78,23 @@ class FaultySmtp(SmtpRecorder):
         with self._lock:
             self.hold_after = None
         self._release.set()
+
+    async def handle_MAIL(  # noqa: N802 - aiosmtpd's hook name
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        with self._lock:
+            self.in_flight += 1
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RSET(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        if envelope.mail_from is not None:
+            with self._lock:
+                self.in_flight = max(self.in_flight - 1, 0)
+        return "250 OK"
 
     async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -86,9 +110,19 @@ class FaultySmtp(SmtpRecorder):
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
+    def _ended(self) -> None:
+        with self._lock:
+            self.in_flight = max(self.in_flight - 1, 0)
+
     async def handle_DATA(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
+        try:
+            return await self._data(envelope)
+        finally:
+            self._ended()
+
+    async def _data(self, envelope: Envelope) -> str:
         with self._lock:
             holding = self.hold_after is not None and sum(self.accepted.values()) >= (
                 self.hold_after
@@ -99,10 +133,19 @@ class FaultySmtp(SmtpRecorder):
             while not self._release.is_set():
                 await asyncio.sleep(0.05)
             return "421 4.3.0 Shutting down, message not accepted"
+        raw = envelope.original_content or envelope.content or b""
+        found = _MESSAGE_ID.search(raw if isinstance(raw, bytes) else raw.encode(), 0, 8192)
+        message_id = found.group(1).decode("ascii", "replace") if found else ""
         with self._lock:
             for address in envelope.rcpt_tos:
                 self.accepted[address] += 1
+                self.message_ids[address].append(message_id)
         return "250 Message accepted"
+
+    def sent_twice(self) -> dict[str, int]:
+        """Address -> copies beyond the first."""
+        with self._lock:
+            return {a: n - 1 for a, n in self.accepted.items() if n > 1}
 
 
 @dataclass
@@ -113,6 +156,8 @@ class FaultStack:
     database_urls: dict[str, str]
     vhost: str
     extra: list[str] = field(default_factory=list)
+    # The relay's distance, when the test put one in front of it.
+    proxy: LatencyProxyProcess | None = None
 
     async def token(self) -> str:
         created = await asyncio.to_thread(
@@ -252,22 +297,38 @@ async def open_fault_stack(
     log_dir: Path,
     secret: str,
     env: dict[str, str] | None = None,
+    rtt_ms: float = 0,
 ) -> FaultStack:
-    """Migrated databases and the three services as processes, on a misbehaving SMTP server."""
+    """Migrated databases and the three services as processes, on a misbehaving SMTP server;
+    ``rtt_ms`` puts that server behind a delaying proxy, as far away as a real relay."""
     smtp = FaultySmtp()
-    stack = await open_stack(
-        amqp_url=amqp_url,
-        database_urls=database_urls,
-        log_dir=log_dir,
-        secret=secret,
-        smtp=smtp,
-        env=env,
+    proxy = None
+    settings = dict(env or {})
+    if rtt_ms:
+        proxy = await asyncio.to_thread(start_latency_proxy, f"127.0.0.1:{smtp.port}", rtt_ms)
+        settings["UANET_SMTP_PORT"] = str(proxy.port)
+    try:
+        stack = await open_stack(
+            amqp_url=amqp_url,
+            database_urls=database_urls,
+            log_dir=log_dir,
+            secret=secret,
+            smtp=smtp,
+            env=settings,
+        )
+    except BaseException:
+        if proxy is not None:
+            proxy.stop()
+        raise
+    return FaultStack(
+        stack, smtp, stack.twilio, database_urls, amqp_url.rsplit("/", 1)[1], proxy=proxy
     )
-    return FaultStack(stack, smtp, stack.twilio, database_urls, amqp_url.rsplit("/", 1)[1])
 
 
 async def close_fault_stack(faults: FaultStack) -> None:
     faults.smtp.release()
     faults.stack.stop_all()
+    if faults.proxy is not None:
+        faults.proxy.stop()
     await faults.twilio.stop()
     faults.smtp.stop()
