@@ -6,6 +6,7 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 COPY pyproject.toml ./
 COPY shared ./shared
+COPY rendering ./rendering
 COPY services ./services
 COPY devtools ./devtools
 RUN /opt/venv/bin/pip install .

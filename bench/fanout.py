@@ -148,9 +148,9 @@ def sample_message() -> bytes:
     """One alert as the dispatcher renders it (the same size as the real ones)."""
     from datetime import UTC, datetime
 
+    from rendering.renderer import RecipientFill, Renderer
     from services.dispatcher.handlers import _alert_text
     from services.dispatcher.models import DispatchAction
-    from services.dispatcher.rendering import RecipientFill, Renderer
 
     renderer = Renderer(mail_from="Urgent Action Network <alerts@localhost>")
     action = DispatchAction(

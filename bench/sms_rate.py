@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from devtools.twilio_fake import FakeTwilio  # noqa: E402
+from rendering.renderer import Renderer  # noqa: E402
+from rendering.segments import segment_count, sms_size  # noqa: E402
 from services.dispatcher.handlers import Dispatcher  # noqa: E402
-from services.dispatcher.rendering import Renderer  # noqa: E402
-from services.dispatcher.segments import segment_count, sms_size  # noqa: E402
 from services.dispatcher.senders import SmtpEmailSender, TwilioSmsSender  # noqa: E402
 from services.dispatcher.throttle import RateLimiter  # noqa: E402
 from shared.db import make_engine, make_sessionmaker  # noqa: E402

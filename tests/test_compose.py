@@ -169,3 +169,12 @@ def test_dockerfile_runs_uanet_as_non_root() -> None:
     users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
     assert users and users[-1] not in ("root", "0")
     assert (ROOT / ".dockerignore").exists()
+
+
+def test_the_image_gets_every_package_the_project_installs() -> None:
+    """A package left out of the build context installs nothing and fails only at run time."""
+    packages = re.search(r"^include = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M)
+    assert packages is not None
+    copied = set(re.findall(r"^COPY (\S+) \./\S+$", DOCKERFILE.read_text(), re.MULTILINE))
+    for pattern in re.findall(r'"([^"]+)\*"', packages.group(1)):
+        assert pattern in copied, f"the Dockerfile does not COPY {pattern}"

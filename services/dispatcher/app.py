@@ -10,11 +10,11 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
+from rendering.renderer import Renderer
 from services.dispatcher.handlers import Dispatcher
 from services.dispatcher.identity import MessageTags
 from services.dispatcher.letters import LetterDispatcher
 from services.dispatcher.models import Outbox
-from services.dispatcher.rendering import Renderer
 from services.dispatcher.reporting import REPORT_INTERVAL, DeliveryReportCompactor
 from services.dispatcher.schedule import Clock, system_clock
 from services.dispatcher.scheduler import Scheduler

@@ -30,8 +30,9 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from rendering.i18n import STRINGS
+from rendering.renderer import DigestEntry, InvalidAddress, RecipientFill, pick_language
 from services.dispatcher import ledger, metrics
-from services.dispatcher.i18n import STRINGS
 from services.dispatcher.identity import MessageRef
 from services.dispatcher.models import (
     CANCELLED,
@@ -45,7 +46,6 @@ from services.dispatcher.models import (
     DispatchAction,
     Outbox,
 )
-from services.dispatcher.rendering import DigestEntry, InvalidAddress, RecipientFill, pick_language
 from services.dispatcher.schedule import (
     HELD_RETRY_DELAY,
     local_date,

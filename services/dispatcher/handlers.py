@@ -22,6 +22,18 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from rendering.renderer import (
+    FollowUpText,
+    InvalidAddress,
+    PreparedEmail,
+    RecipientFill,
+    Renderer,
+    UrgentActionText,
+    clean_text,
+    header_safe,
+    pick_language,
+)
+from rendering.segments import segment_count
 from services.dispatcher import ledger, metrics
 from services.dispatcher.identity import MessageRef, MessageTags
 from services.dispatcher.letters import retarget
@@ -44,17 +56,6 @@ from services.dispatcher.models import (
     ProcessedMessage,
     TransactionalDelivery,
 )
-from services.dispatcher.rendering import (
-    FollowUpText,
-    InvalidAddress,
-    PreparedEmail,
-    RecipientFill,
-    Renderer,
-    UrgentActionText,
-    clean_text,
-    header_safe,
-    pick_language,
-)
 from services.dispatcher.schedule import (
     FOLLOW_UP_GAP,
     HELD_RETRY_DELAY,
@@ -62,7 +63,6 @@ from services.dispatcher.schedule import (
     held_until,
     system_clock,
 )
-from services.dispatcher.segments import segment_count
 from services.dispatcher.senders import EmailSender, SendResult, SmsSender
 from services.dispatcher.throttle import RateLimiter
 from shared.db import already_processed, outbox_row, utcnow

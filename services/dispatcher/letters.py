@@ -35,6 +35,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from rendering.renderer import clean_text, header_safe, pick_language
 from services.dispatcher.identity import MessageRef, MessageTags
 from services.dispatcher.ledger import STOPPING_DELAY, TRANSACTIONAL_LEASE
 from services.dispatcher.models import (
@@ -49,7 +50,6 @@ from services.dispatcher.models import (
     DispatchAction,
     Outbox,
 )
-from services.dispatcher.rendering import clean_text, header_safe, pick_language
 from services.dispatcher.senders import EmailSender, SendResult
 from services.dispatcher.throttle import RateLimiter
 from shared.db import UTCDateTime, outbox_row, utcnow

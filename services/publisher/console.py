@@ -23,7 +23,7 @@ from sqlalchemy import select
 from starlette.datastructures import FormData
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
-from services.dispatcher.rendering import Renderer
+from rendering.renderer import Renderer
 from services.publisher import actions as domain
 from services.publisher.api import save_new_draft
 from services.publisher.auth import ROLES, WRITE_ROLES

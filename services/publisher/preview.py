@@ -1,5 +1,6 @@
-"""What a subscriber will get, rendered by the dispatcher's own code so the preview cannot drift
-from the real thing: the email (HTML and text parts) and the SMS with its size in segments.
+"""What a subscriber will get, rendered by the code the dispatcher sends with (``rendering``),
+so the preview cannot drift from the real thing: the email (HTML and text parts) and the SMS
+with its size in segments.
 
 Only the inputs are built here: the action as the dispatcher sees it, and a sample recipient whose
 links are as long as real ones (an SMS's length depends on its link).
@@ -12,8 +13,8 @@ import email.policy
 from dataclasses import dataclass
 from email.message import EmailMessage
 
-from services.dispatcher.rendering import RecipientFill, Renderer, UrgentActionText
-from services.dispatcher.segments import sms_size
+from rendering.renderer import RecipientFill, Renderer, UrgentActionText
+from rendering.segments import sms_size
 from services.publisher.models import UrgentAction
 from shared.db import utcnow
 from shared.events import ActionContent, Target

@@ -12,8 +12,8 @@ from decimal import Decimal
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from rendering.renderer import Renderer
 from services.dispatcher.handlers import Dispatcher
-from services.dispatcher.rendering import Renderer
 from services.dispatcher.schedule import system_clock
 from services.dispatcher.senders import SendResult
 from services.dispatcher.throttle import RateLimiter

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from babel.messages.pofile import read_po
 
-from services.dispatcher.i18n import LOCALE_DIR, MESSAGES, strings, text_direction
+from rendering.i18n import LOCALE_DIR, MESSAGES, strings, text_direction
 from shared.i18n import missing_translations
 
 

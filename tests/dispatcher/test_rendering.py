@@ -5,7 +5,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from services.dispatcher.rendering import (
+from rendering.renderer import (
     FollowUpText,
     InvalidAddress,
     RecipientFill,

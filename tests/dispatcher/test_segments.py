@@ -1,4 +1,4 @@
-from services.dispatcher.segments import segment_count, sms_size
+from rendering.segments import segment_count, sms_size
 
 
 def test_plain_gsm7_fits_in_one_segment_up_to_160() -> None:

@@ -31,7 +31,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from services.dispatcher.i18n import FALLBACK, STRINGS, strings, text_direction
+from rendering.i18n import FALLBACK, STRINGS, strings, text_direction
 from shared.events import ActionContent, Target, UpdateContent
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"

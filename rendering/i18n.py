@@ -1,11 +1,11 @@
-"""The dispatcher's own words (greetings, footers, "Reply STOP to opt out", the digest's heading),
+"""uanet's own words in alerts (greetings, footers, "Reply STOP to opt out", the digest's heading),
 from gettext catalogues like every service's: ``locale/<lang>/LC_MESSAGES/messages.po``, compiled
 in memory with Babel (``shared.i18n``). Staff write the urgent actions themselves.
 
 English is the fallback for a language with no catalogue; the urgent action's own text follows
 the recipient's language, else the action's default language.
 
-Keeping the catalogues up to date (from ``services/dispatcher``)::
+Keeping the catalogues up to date (from ``rendering/``)::
 
     pybabel extract -F babel.cfg -k N_ -o locale/messages.pot .
     pybabel update -i locale/messages.pot -d locale
