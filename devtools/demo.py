@@ -17,16 +17,26 @@ import secrets
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 import typer
 
-from devtools.mailcatcher import CaughtMail
-from devtools.twilio_fake import SentSms
+from devtools.mailcatcher import CaughtMail, MailCatcher
+from devtools.twilio_fake import FakeTwilio, SentSms
+from shared.settings import Settings
 
-if TYPE_CHECKING:
-    from devtools.up import Stack
+
+class DemoStack(Protocol):
+    """What the demo needs of a running stack (``devtools.up.Stack`` is one): the settings,
+    the service URLs, and the inbox and SMS outbox it reads the confirmation links from."""
+
+    settings: Settings
+    catcher: MailCatcher | None
+    outbox: FakeTwilio | None
+
+    def local_url(self, service: str) -> str: ...
+
 
 WAIT = 30.0
 
@@ -176,7 +186,7 @@ async def _best_effort(what: str, step: Awaitable[object]) -> bool:
     return False
 
 
-async def run_demo(stack: Stack) -> None:
+async def run_demo(stack: DemoStack) -> None:
     from services.publisher.auth import create_api_token
     from shared.db import make_engine, make_sessionmaker
 
@@ -245,7 +255,7 @@ async def run_demo(stack: Stack) -> None:
     typer.echo("")
 
 
-async def _confirm(stack: Stack, http: httpx.AsyncClient, person: DemoSubscriber) -> None:
+async def _confirm(stack: DemoStack, http: httpx.AsyncClient, person: DemoSubscriber) -> None:
     if person.email:
         if stack.catcher is None:
             _say(f"{person.name}: mail goes to a real server; confirm by hand")
@@ -260,7 +270,7 @@ async def _confirm(stack: Stack, http: httpx.AsyncClient, person: DemoSubscriber
             await _best_effort(f"{person.name}'s confirmation SMS", _reply_yes(stack, person.phone))
 
 
-async def _click_confirm(stack: Stack, http: httpx.AsyncClient, address: str) -> None:
+async def _click_confirm(stack: DemoStack, http: httpx.AsyncClient, address: str) -> None:
     assert stack.catcher is not None
     mail = await stack.catcher.wait_for(lambda m: address in m.envelope_to, timeout=WAIT)
     link = _link(mail, "/confirm/")
@@ -270,7 +280,7 @@ async def _click_confirm(stack: Stack, http: httpx.AsyncClient, address: str) ->
     response.raise_for_status()
 
 
-async def _reply_yes(stack: Stack, phone: str) -> None:
+async def _reply_yes(stack: DemoStack, phone: str) -> None:
     outbox = stack.outbox
     assert outbox is not None
     sms = await outbox.wait_for(lambda m: m.to == phone, timeout=WAIT)
@@ -288,7 +298,7 @@ def _is_alert_sms(message: SentSms, phone: str) -> bool:
     return message.to == phone and any(text[:24] in message.body for text in texts)
 
 
-async def _respond(stack: Stack, http: httpx.AsyncClient, person: DemoSubscriber) -> None:
+async def _respond(stack: DemoStack, http: httpx.AsyncClient, person: DemoSubscriber) -> None:
     """Play a subscriber's side after the alert: delivery receipts and what they did."""
     outbox = stack.outbox
     phone = person.phone

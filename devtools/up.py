@@ -31,6 +31,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from devtools.demo import run_demo
 from devtools.mailcatcher import MailCatcher
 from devtools.twilio_fake import FakeTwilio
 from shared.settings import SERVICES, Settings, SettingsError, load_settings
@@ -323,8 +324,6 @@ class Stack:
             )
         self.print_urls()
         if self.demo:
-            from devtools.demo import run_demo
-
             try:
                 await run_demo(self)
             except Exception as exc:  # noqa: BLE001 - the stack is fine; only the seeding failed
