@@ -12,14 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from services.publisher import actions as domain
-from services.publisher.auth import (
-    READ_ROLES,
-    Reader,
-    Writer,
-    authenticate,
-    bearer,
-    require_role,
-)
+from services.publisher.auth import ROLES, Reader, StreamReader, TokenGuard, Writer
 from services.publisher.database import Database
 from services.publisher.models import UrgentAction
 from services.publisher.reports import csv_filename, stats_csv, stats_stream
@@ -34,11 +27,14 @@ from services.publisher.schemas import (
     UrgentActionRead,
     UrgentActionUpdate,
 )
-from services.publisher.sessions import signed_in_user
 from services.publisher.tally import StatsNotifier, read_stats, stats_changed_at
+from shared.access import CallerFirstRoute, guard_unknown_api_paths
 from shared.runtime import ServiceRuntime
 
-router = APIRouter(prefix="/api/v1/actions", tags=["urgent actions"])
+# CallerFirstRoute: the token and its role are checked before the path, the query or the body.
+router = APIRouter(prefix="/api/v1/actions", tags=["urgent actions"], route_class=CallerFirstRoute)
+# Any token may learn that a path does not exist; no token gets 401 first (contract §7).
+ANY_TOKEN = TokenGuard(frozenset(ROLES))
 
 # Two drafts created at the same instant may race for one reference number; the loser retries.
 CREATE_ATTEMPTS = 5
@@ -61,15 +57,6 @@ def get_notifier(request: Request) -> StatsNotifier:
 
 def action_id_from_path(action_id: str) -> uuid.UUID:
     return domain.parse_action_id(action_id)
-
-
-async def stream_reader(request: Request) -> None:
-    """The live stream takes a coordinator's token, or the console's session cookie: the action's
-    page streams its counts to whoever may see that page (any signed-in role)."""
-    if "authorization" not in request.headers and await signed_in_user(request) is not None:
-        return
-    principal = await authenticate(request, await bearer(request))
-    await require_role(READ_ROLES)(principal)
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
@@ -163,7 +150,7 @@ async def replace_targets(
             session=session,
             action_id=action_id,
             targets=targets,
-            actor=f"token:{principal.token_id}",
+            actor=f"token:{principal.id}",
         )
     runtime.relay.notify()
     return _read(action)
@@ -233,7 +220,9 @@ async def stats_as_csv(action_id: ActionId, _: Reader, database: DatabaseDep) ->
 @router.get("/{action_id}/stats/stream", response_class=StreamingResponse)
 async def stats_live(
     action_id: ActionId,
-    _: Annotated[None, Depends(stream_reader)],
+    # A coordinator's token, or the console's session cookie: the action's page streams its
+    # counts to whoever may see that page (any signed-in role).
+    _: StreamReader,
     database: DatabaseDep,
     notifier: NotifierDep,
 ) -> StreamingResponse:
@@ -260,6 +249,8 @@ async def stats_live(
 
 
 def install_error_responses(app: FastAPI) -> None:
+    guard_unknown_api_paths(app, ANY_TOKEN)
+
     @app.exception_handler(domain.ActionNotFound)
     async def not_found(request: Request, exc: domain.ActionNotFound) -> Response:
         return JSONResponse({"detail": "no such urgent action"}, status_code=404)

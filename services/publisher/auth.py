@@ -9,17 +9,18 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.publisher.models import ApiToken, Outbox
+from services.publisher.sessions import signed_in_user
 from shared import events
+from shared.access import Guard, forbidden, unauthorized
 from shared.db import outbox_row, utcnow
 
 Role = Literal["admin", "staff", "coordinator"]
@@ -29,11 +30,15 @@ TOKEN_PREFIX = "uat_"
 # Who may do what (contract §3): staff write, coordinators read, admin does both.
 WRITE_ROLES: frozenset[str] = frozenset({"staff", "admin"})
 READ_ROLES: frozenset[str] = frozenset({"coordinator", "admin"})
+ADMIN_ROLES: frozenset[str] = frozenset({"admin"})
 
 
 @dataclass(frozen=True)
 class Principal:
-    token_id: int
+    """Who is calling: an API token (by its name) or a console account (by its email)."""
+
+    kind: Literal["token", "account"]
+    id: int
     name: str
     role: str
 
@@ -108,49 +113,53 @@ async def principal_for_token(session: AsyncSession, token: str) -> Principal | 
     ).scalar_one_or_none()
     if row is None:
         return None
-    return Principal(token_id=row.id, name=row.name, role=row.role)
+    return Principal(kind="token", id=row.id, name=row.name, role=row.role)
 
 
 # auto_error=False: a missing header must be our 401 with WWW-Authenticate, not FastAPI's 403.
 bearer = HTTPBearer(auto_error=False)
 
 
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(
-        status_code=status.HTTP_401_UNAUTHORIZED,
-        detail=detail,
-        headers={"WWW-Authenticate": "Bearer"},
-    )
+class TokenGuard(Guard):
+    """A live token of one of ``roles`` (401 without one, then 403); with ``console_session``,
+    the console's signed-in session cookie also does, for any staff role (the action page's
+    live stream)."""
 
+    def __init__(self, roles: frozenset[str], *, console_session: bool = False) -> None:
+        self.roles = roles
+        self.console_session = console_session
 
-async def authenticate(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Principal:
-    if credentials is None or not credentials.credentials:
-        raise _unauthorized("a bearer token is required")
-    token = credentials.credentials
-    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
-        raise _unauthorized("unknown or revoked token")
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.runtime.sessionmaker
-    async with sessionmaker() as session:
-        principal = await principal_for_token(session, token)
-    if principal is None:
-        raise _unauthorized("unknown or revoked token")
-    return principal
-
-
-def require_role(allowed: frozenset[str]) -> Callable[..., Awaitable[Principal]]:
-    async def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
-        if principal.role not in allowed:
-            raise HTTPException(
-                status_code=status.HTTP_403_FORBIDDEN,
-                detail=f"the {principal.role} role may not do this",
-            )
+    async def check(self, request: Request) -> Principal:
+        if self.console_session and "authorization" not in request.headers:
+            user = await signed_in_user(request)
+            if user is not None:
+                return Principal(kind="account", id=user.id, name=user.email, role=user.role)
+        credentials = await bearer(request)
+        if credentials is None or not credentials.credentials:
+            raise unauthorized("a bearer token is required")
+        token = credentials.credentials
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            raise unauthorized("unknown or revoked token")
+        sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.runtime.sessionmaker
+        async with sessionmaker() as session:
+            principal = await principal_for_token(session, token)
+        if principal is None:
+            raise unauthorized("unknown or revoked token")
+        if principal.role not in self.roles:
+            raise forbidden(f"the {principal.role} role may not do this")
         return principal
 
-    return dependency
+    async def __call__(
+        self,
+        request: Request,
+        # Declared for the OpenAPI document's security scheme; check() reads the header itself.
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Principal:
+        principal: Principal = await self.caller(request)
+        return principal
 
 
-Writer = Annotated[Principal, Depends(require_role(WRITE_ROLES))]
-Reader = Annotated[Principal, Depends(require_role(READ_ROLES))]
+Writer = Annotated[Principal, Depends(TokenGuard(WRITE_ROLES))]
+Reader = Annotated[Principal, Depends(TokenGuard(READ_ROLES))]
+Admin = Annotated[Principal, Depends(TokenGuard(ADMIN_ROLES))]
+StreamReader = Annotated[Principal, Depends(TokenGuard(READ_ROLES, console_session=True))]

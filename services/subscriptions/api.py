@@ -26,10 +26,12 @@ from services.subscriptions.web import (
     parse,
     read_body,
 )
+from shared.access import CallerFirstRoute
 
 log = logging.getLogger(__name__)
 
-router = APIRouter()
+# CallerFirstRoute: on the admin endpoints the token is checked before the path and the body.
+router = APIRouter(route_class=CallerFirstRoute)
 
 # The same answer whether the address is new or known: a sign-up reveals nothing about who is
 # subscribed.
@@ -45,7 +47,7 @@ async def create_subscriber(request: Request, state: StateDep) -> Response:
         return JSONResponse({"detail": str(exc)}, status_code=422)
     try:
         try:
-            subscriber_in = parse(SubscriberCreate, data).checked()
+            subscriber_in = parse(SubscriberCreate, data, from_form=not as_json).checked()
         except FieldError as exc:
             raise field_error(exc) from None
     except RequestValidationError as exc:

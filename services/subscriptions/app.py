@@ -20,9 +20,10 @@ from services.subscriptions import api, pages, webhooks
 from services.subscriptions.handlers import SubscriptionHandlers
 from services.subscriptions.links import Links
 from services.subscriptions.models import Outbox
-from services.subscriptions.tokens import make_token_handler
+from services.subscriptions.tokens import ADMIN_GUARD, make_token_handler
 from services.subscriptions.web import STATIC_DIR, ServiceState, make_renderer
 from shared import events
+from shared.access import guard_unknown_api_paths
 from shared.runtime import ServiceRuntime, Subscription
 from shared.settings import Settings
 from shared.tokens import LinkSigner
@@ -92,6 +93,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(api.router)
     app.include_router(pages.router)
     app.include_router(webhooks.router)
+    # The rest of /api/v1 (all of it admin but the sign-up) answers 401 first too.
+    guard_unknown_api_paths(app, ADMIN_GUARD)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -38,6 +38,7 @@ from services.subscriptions.models import (
     Suppression,
 )
 from services.subscriptions.schemas import (
+    TEXT_INPUT,
     FieldError,
     SubscriberCreate,
     normalize_email,
@@ -141,7 +142,7 @@ def _refusal_of(line: int, exc: ValidationError | FieldError) -> Refusal:
 def _sign_up_of(row: dict[str, str]) -> SubscriberCreate:
     # An empty cell means "not given", so the sign-up's defaults apply.
     given = {k: v for k, v in row.items() if k in SUBSCRIBER_COLUMNS and v.strip()}
-    return SubscriberCreate.model_validate(given).checked()
+    return SubscriberCreate.model_validate(given, context=TEXT_INPUT).checked()
 
 
 # ---- subscribers in -----------------------------------------------------------------------------

@@ -209,7 +209,7 @@ async def save_preferences(token: str, request: Request, state: StateDep) -> Res
         data.setdefault("channels", [])
         data.setdefault("themes", [])
     try:
-        update = parse(PreferencesUpdate, data)
+        update = parse(PreferencesUpdate, data, from_form=not as_json)
     except RequestValidationError as exc:
         if as_json:
             raise

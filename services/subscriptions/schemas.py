@@ -73,6 +73,24 @@ def timezone_of_phone(phone: str) -> str | None:
     return None
 
 
+# The validation context of text input (a form, a CSV row), where a list arrives as text.
+TEXT_INPUT = {"text_lists": True}
+
+
+def is_text_input(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and bool(info.context.get("text_lists"))
+
+
+def text_list(value: Any, info: ValidationInfo) -> Any:
+    """From a form or a CSV a list may be one text; from JSON a list is a list, and a string
+    is refused (contract §7), not taken as a list of one."""
+    if not is_text_input(info):
+        return value
+    if isinstance(value, str) and not value.strip():
+        return None if info.field_name == "channels" else []
+    return split_list(value)
+
+
 def split_list(value: Any) -> Any:
     """Forms send lists as repeated fields or as one text ("torture, death-penalty")."""
     if isinstance(value, str):
@@ -122,15 +140,15 @@ class SubscriberCreate(BaseModel):
     themes: list[str] = Field(default_factory=list, max_length=200)
     frequency: Frequency = "immediate"
 
-    @field_validator("email", "phone", "timezone", "channels", mode="before")
+    @field_validator("email", "phone", "timezone", mode="before")
     @classmethod
     def _blank(cls, value: Any) -> Any:
         return _empty_to_none(value)
 
     @field_validator("channels", "themes", mode="before")
     @classmethod
-    def _lists(cls, value: Any) -> Any:
-        return split_list(value)
+    def _lists(cls, value: Any, info: ValidationInfo) -> Any:
+        return text_list(value, info)
 
     @field_validator("country")
     @classmethod
@@ -206,8 +224,8 @@ class PreferencesUpdate(BaseModel):
 
     @field_validator("channels", "themes", mode="before")
     @classmethod
-    def _lists(cls, value: Any) -> Any:
-        return split_list(value)
+    def _lists(cls, value: Any, info: ValidationInfo) -> Any:
+        return text_list(value, info)
 
     @field_validator("language")
     @classmethod

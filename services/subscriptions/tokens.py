@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.subscriptions.models import ApiToken, ProcessedMessage
 from shared import events
+from shared.access import Guard, forbidden, unauthorized
 from shared.db import already_processed
 from shared.messaging import Delivery, Handler, Reject
 
@@ -87,8 +89,8 @@ def _is_hex(value: str) -> bool:
     return True
 
 
-async def role_of(session: AsyncSession, token: str) -> str | None:
-    """The role of a live token, or None for an unknown or revoked one."""
+async def caller_of(session: AsyncSession, token: str) -> Caller | None:
+    """The live token's name and role, or None for an unknown or revoked one."""
     row = (
         await session.execute(
             select(ApiToken).where(
@@ -96,39 +98,52 @@ async def role_of(session: AsyncSession, token: str) -> str | None:
             )
         )
     ).scalar_one_or_none()
-    return row.role if row is not None else None
+    if row is None:
+        return None
+    return Caller(name=row.name, role=row.role)
 
 
 # auto_error=False: a missing header must be our 401 with WWW-Authenticate, not FastAPI's 403.
 _bearer = HTTPBearer(auto_error=False)
 
 
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(
-        status_code=status.HTTP_401_UNAUTHORIZED,
-        detail=detail,
-        headers={"WWW-Authenticate": "Bearer"},
-    )
+@dataclass(frozen=True)
+class Caller:
+    """A live token, as the publisher issued it."""
+
+    name: str
+    role: str
 
 
-async def require_admin(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """401 without a live token, 403 for a token of another role; returns the role."""
-    if credentials is None or not credentials.credentials:
-        raise _unauthorized("a bearer token is required")
-    token = credentials.credentials
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise _unauthorized("unknown or revoked token")
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.runtime.sessionmaker
-    async with sessionmaker() as session:
-        role = await role_of(session, token)
-    if role is None:
-        raise _unauthorized("unknown or revoked token")
-    if role != ADMIN:
-        raise HTTPException(status_code=status.HTTP_403_FORBIDDEN, detail="admin role required")
-    return role
+class AdminGuard(Guard):
+    """401 without a live token, 403 for a token of another role (run before anything else of
+    the request is read: see ``shared.access``)."""
+
+    async def check(self, request: Request) -> Caller:
+        credentials = await _bearer(request)
+        if credentials is None or not credentials.credentials:
+            raise unauthorized("a bearer token is required")
+        token = credentials.credentials
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise unauthorized("unknown or revoked token")
+        sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.runtime.sessionmaker
+        async with sessionmaker() as session:
+            caller = await caller_of(session, token)
+        if caller is None:
+            raise unauthorized("unknown or revoked token")
+        if caller.role != ADMIN:
+            raise forbidden("admin role required")
+        return caller
+
+    async def __call__(
+        self,
+        request: Request,
+        # Declared for the OpenAPI document's security scheme; check() reads the header itself.
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Caller:
+        caller: Caller = await self.caller(request)
+        return caller
 
 
-AdminDep = Annotated[str, Depends(require_admin)]
+ADMIN_GUARD = AdminGuard()
+AdminDep = Annotated[Caller, Depends(ADMIN_GUARD)]

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.subscriptions.limits import SignupLimiter
 from services.subscriptions.links import Links
 from services.subscriptions.models import ConsentSource
-from services.subscriptions.schemas import FieldError
+from services.subscriptions.schemas import TEXT_INPUT, FieldError
 from services.subscriptions.subscribers import Origin
 from shared.i18n import Translations, text_direction
 from shared.settings import Settings
@@ -217,10 +217,11 @@ async def read_body(request: Request) -> dict[str, Any]:
     return data
 
 
-def parse(model: type[M], data: dict[str, Any]) -> M:
-    """Validate, raising FastAPI's RequestValidationError (422 naming each field)."""
+def parse(model: type[M], data: dict[str, Any], *, from_form: bool = False) -> M:
+    """Validate, raising FastAPI's RequestValidationError (422 naming each field). A form's
+    lists may come as text ("torture, death-penalty"); JSON lists must be lists."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=TEXT_INPUT if from_form else None)
     except ValidationError as exc:
         errors = [
             {"loc": ("body", *err["loc"]), "msg": err["msg"], "type": err["type"]}

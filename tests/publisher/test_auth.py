@@ -94,3 +94,62 @@ async def test_token_needs_a_known_role_and_a_name(sqlite_api: Api) -> None:
         await create_api_token(sessionmaker, role="root", name="x")
     with pytest.raises(ValueError):
         await create_api_token(sessionmaker, role="staff", name="  ")
+
+
+async def test_the_caller_is_checked_before_the_path_and_the_body(sqlite_api: Api) -> None:
+    """Contract §7: 401 whatever the path or body, then 403, and only then 404 or 422."""
+    client = sqlite_api.client
+    broken = {"content": b"{not json", "headers": {"content-type": "application/json"}}
+    coordinator = sqlite_api.auth("coordinator")
+    staff = sqlite_api.auth("staff")
+    cases: list[tuple[str, str, dict[str, Any], int, int]] = [
+        # method, path, request, without a token, with the right role
+        ("get", "/api/v1/actions/not-an-id/stats", {}, 401, 404),
+        ("get", "/api/v1/actions/not-an-id", {}, 401, 404),
+        ("get", "/api/v1/actions?limit=0", {}, 401, 422),
+        ("post", "/api/v1/actions", broken, 401, 422),
+        ("patch", "/api/v1/actions/not-an-id", broken, 401, 422),
+        ("post", f"/api/v1/actions/{ID}/close", {"json": {"outcome": "?"}}, 401, 422),
+        ("get", "/api/v1/nowhere", {}, 401, 404),
+        ("delete", f"/api/v1/actions/{ID}", {}, 401, 405),
+    ]
+    for method, path, request, anonymous, allowed in cases:
+        body = {k: v for k, v in request.items() if k != "headers"}
+        given: dict[str, str] = request.get("headers", {})
+        bare = await client.request(method, path, **body, headers=given)
+        assert bare.status_code == anonymous, (method, path, bare.text)
+        assert bare.headers["WWW-Authenticate"] == "Bearer"
+        unknown = given | {"Authorization": "Bearer uat_revoked-or-never"}
+        assert (await client.request(method, path, **body, headers=unknown)).status_code == 401
+        role = staff if method in ("post", "patch", "put") else coordinator
+        answered = await client.request(method, path, **body, headers=given | role)
+        assert answered.status_code == allowed, (method, path, answered.text)
+    # The wrong role is 403 before the body is read.
+    for headers, path in ((coordinator, "/api/v1/actions"), (staff, "/api/v1/actions/x/stats")):
+        method = "post" if path == "/api/v1/actions" else "get"
+        wrong = await client.request(
+            method,
+            path,
+            content=b"{not json",
+            headers={"content-type": "application/json"} | headers,
+        )
+        assert wrong.status_code == 403, (path, wrong.text)
+    assert (await client.delete(f"/api/v1/actions/{ID}", headers=staff)).headers["Allow"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"themes": "torture"},
+        {"channels": "email"},
+        {"audience": {"countries": "GB"}},
+        {"targets": {"name": "Minister"}},
+    ],
+)
+async def test_a_list_field_takes_only_a_list(sqlite_api: Api, change: dict[str, Any]) -> None:
+    response = await sqlite_api.client.post(
+        "/api/v1/actions", json=sample_action(**change), headers=sqlite_api.auth("staff")
+    )
+    assert response.status_code == 422, response.text
+    [field] = change
+    assert any(e["field"].split(".")[0] == field for e in response.json()["errors"])

@@ -269,3 +269,22 @@ async def test_tokens_arrive_over_the_broker(
 
 async def _is(status: Any, expected: int) -> bool:
     return bool(await status == expected)
+
+
+async def test_admin_endpoints_check_the_token_before_the_path(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    await feed(app, issued(ADMIN_TOKEN, "admin"), issued(STAFF_TOKEN, "staff"))
+    for method, path in (
+        ("get", "/api/v1/subscribers/not-an-id/export"),
+        ("delete", "/api/v1/subscribers/not-an-id"),
+        ("get", "/api/v1/unknown"),
+    ):
+        assert (await client.request(method, path)).status_code == 401, path
+        staff = await client.request(method, path, headers=bearer(STAFF_TOKEN))
+        assert staff.status_code == 403, path
+        admin = await client.request(method, path, headers=bearer(ADMIN_TOKEN))
+        assert admin.status_code in (404, 422), path
+    # The public sign-up stays public.
+    signup = await client.post("/api/v1/subscribers", json={"email": "a@example.net"})
+    assert signup.status_code == 422

@@ -101,8 +101,31 @@ async def test_malformed_bodies_are_422_not_500(client: httpx.AsyncClient) -> No
     for body in (b"{", b"[1, 2]", b"\xff\xfe", b'"text"'):
         response = await client.post("/api/v1/subscribers", content=body, headers=headers)
         assert response.status_code == 422, body
-    response = await client.post("/api/v1/subscribers", json={**ANA, "themes": "torture"})
-    assert response.status_code == 202  # a single theme as text is read as a list
+
+
+async def test_a_json_list_field_takes_only_a_list(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """Contract §7: a string is not a list of one (nor a list of its comma-separated parts)."""
+    for change in (
+        {"themes": "torture"},
+        {"channels": "email"},
+        {"channels": ""},
+        {"themes": {"torture": True}},
+        {"channels": None, "themes": "torture,death-penalty"},
+    ):
+        response = await client.post("/api/v1/subscribers", json={**ANA, **change})
+        assert response.status_code == 422, (change, response.text)
+        fields = {e["field"] for e in response.json()["errors"]}
+        assert fields & set(change), (change, fields)
+    assert await count(sessionmaker, Subscriber) == 0
+    # The sign-up form still sends its lists as fields (or one text): those stay lists.
+    form = {"email": "ana@example.net", "country": "GB", "channels": "email"}
+    response = await client.post("/api/v1/subscribers", data={**form, "themes": "torture"})
+    assert response.status_code == 202, response.text
+    async with sessionmaker() as session:
+        [subscriber] = (await session.execute(select(Subscriber))).scalars()
+        assert subscriber.themes == ["torture"]
 
 
 async def test_signing_up_a_known_address_reveals_nothing_and_changes_nothing(
