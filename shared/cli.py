@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import re
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -93,35 +95,126 @@ def migrate() -> None:
     typer.echo("migrated: " + ", ".join(SERVICES))
 
 
-@token_app.command("create")
-def token_create(
-    role: Annotated[Role, typer.Option(help="admin, staff or coordinator")],
-    name: Annotated[str, typer.Option(help="who or what the token is for")],
-) -> None:
-    """Create an API token; it is printed alone on the last line (and never shown again)."""
-    from services.publisher.auth import create_api_token
+T = TypeVar("T")
+
+# --expires-in: a number and a unit (minutes, hours, days, weeks).
+DURATION = re.compile(r"^([1-9][0-9]{0,5})([mhdw])$")
+DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+LONGEST_EXPIRY = timedelta(days=3660)
+
+
+def parse_duration(raw: str) -> timedelta:
+    match = DURATION.match(raw.strip().lower())
+    if match is None:
+        raise ValueError("a number and a unit: 30m, 12h, 90d or 8w")
+    amount, unit = match.groups()
+    duration = timedelta(**{DURATION_UNITS[unit]: int(amount)})
+    if duration > LONGEST_EXPIRY:
+        raise ValueError("at most 10 years")
+    return duration
+
+
+def _publisher_db(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work(sessionmaker)`` against the publisher's database; a database that cannot be
+    used is one line and exit 2."""
     from shared.db import make_engine, make_sessionmaker
 
-    if not name.strip():
-        fail("--name must not be empty")
-    settings = settings_or_exit()
-
-    async def run() -> str:
+    async def run() -> T:
         engine = make_engine(settings.publisher_database_url)
         try:
-            return await create_api_token(make_sessionmaker(engine), role=role.value, name=name)
+            return await work(make_sessionmaker(engine))
         finally:
             await engine.dispose()
 
     try:
-        token = asyncio.run(run())
-    except Exception as exc:  # noqa: BLE001
-        fail(f"could not create the token ({type(exc).__name__}); did you run `uanet migrate`?")
-    typer.echo(f"created {role.value} token for {name}; store it now, it is not shown again:")
+        return asyncio.run(run())
+    except Exception as exc:  # noqa: BLE001 - one line for an operator, not a traceback
+        reason = type(exc).__name__
+        fail(f"the publisher database is not usable ({reason}); did you run `uanet migrate`?")
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[Role, typer.Option(help="admin, staff or coordinator")],
+    name: Annotated[str, typer.Option(help="who or what the token is for")],
+    expires_in: Annotated[
+        str | None, typer.Option(help="refused after this long: 30m, 12h, 90d, 8w")
+    ] = None,
+) -> None:
+    """Create an API token; it is printed alone on the last line (and never shown again)."""
+    from services.publisher.auth import create_api_token
+    from shared.db import utcnow
+
+    if not name.strip():
+        fail("--name must not be empty")
+    expires_at = None
+    if expires_in is not None:
+        try:
+            expires_at = utcnow() + parse_duration(expires_in)
+        except ValueError as exc:
+            fail(f"--expires-in: {exc}")
+    settings = settings_or_exit()
+    token = _publisher_db(
+        settings,
+        lambda sessions: create_api_token(
+            sessions, role=role.value, name=name, expires_at=expires_at
+        ),
+    )
+    until = f", expires {_when(expires_at)}" if expires_at is not None else ""
+    typer.echo(
+        f"created {role.value} token for {name}{until}; store it now, it is not shown again:"
+    )
     typer.echo(token)
 
 
-T = TypeVar("T")
+def _when(moment: datetime | None, empty: str = "never") -> str:
+    if moment is None:
+        return empty
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """Every token: name, role, created, last used, expiry and state (never the secret)."""
+    from services.publisher.auth import list_api_tokens
+    from shared.db import utcnow
+
+    settings = settings_or_exit()
+    tokens = _publisher_db(settings, list_api_tokens)
+    if not tokens:
+        typer.echo("no tokens")
+        return
+    now = utcnow()
+    rows = [("NAME", "ROLE", "CREATED", "LAST USED", "EXPIRES", "STATE")]
+    for token in tokens:
+        rows.append(
+            (
+                token.name,
+                token.role,
+                _when(token.created_at),
+                _when(token.last_used_at),
+                _when(token.expires_at),
+                token.state(now),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+@token_app.command("revoke")
+def token_revoke(name: Annotated[str, typer.Argument(help="the token's name")]) -> None:
+    """Revoke every live token of that name: refused at once by the publisher, within seconds
+    by the other services."""
+    from services.publisher.auth import revoke_api_token
+
+    settings = settings_or_exit()
+    revoked = _publisher_db(settings, lambda sessions: revoke_api_token(sessions, name=name))
+    if revoked == 0:
+        fail(f"no live token named {name!r} (see `uanet token list`)")
+    typer.echo(f"revoked {revoked} token(s) named {name}")
 
 
 def run_against_broker(work: Coroutine[Any, Any, T]) -> T:

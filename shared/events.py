@@ -143,6 +143,7 @@ class ApiTokenIssued(Message):
     name: str
     role: Literal["admin", "staff", "coordinator"]
     token_hash: str  # hex SHA-256 of the token
+    expires_at: datetime | None = None  # refused from then on, everywhere
 
 
 class ApiTokenRevoked(Message):
@@ -222,6 +223,8 @@ class ResponseRecorded(Message):
 class SubscriberErased(Message):
     ROUTING_KEY: ClassVar[str] = "subscriber.erased"
     subscriber_id: uuid.UUID
+    # Who asked (the admin token's name), for the publisher's audit log.
+    erased_by: str | None = None
 
 
 class LetterRequested(Message):

@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.publisher import audit
+from services.publisher.audit import Actor
 from services.publisher.bounces import settle_bounces
 from services.publisher.models import ActionTally, ActionUpdate, Outbox, UrgentAction
 from services.publisher.schemas import (
@@ -101,7 +103,11 @@ def _stored_fields(action_in: UrgentActionCreate) -> dict[str, Any]:
 
 
 async def create_action(
-    *, session: AsyncSession, action_in: UrgentActionCreate, now: datetime | None = None
+    *,
+    session: AsyncSession,
+    action_in: UrgentActionCreate,
+    actor: Actor,
+    now: datetime | None = None,
 ) -> UrgentAction:
     """A new draft with the next reference of the year.
 
@@ -128,6 +134,7 @@ async def create_action(
     # Every action has its tally row from the start: counters are only ever added to.
     session.add(ActionTally(action_id=action.id, updated_at=now))
     await session.flush()
+    audit.record_for_action(session, actor=actor, event=audit.ACTION_CREATED, action=action)
     return action
 
 
@@ -147,16 +154,23 @@ def _current_fields(action: UrgentAction) -> dict[str, Any]:
 
 
 async def edit_draft(
-    *, session: AsyncSession, action_id: uuid.UUID, changes: dict[str, Any]
+    *, session: AsyncSession, action_id: uuid.UUID, changes: dict[str, Any], actor: Actor
 ) -> UrgentAction:
     """Apply a partial edit; the result is validated whole (pydantic's ValidationError if not)."""
     action = await _lock_action(session, action_id)
     if action.status != "draft":
         raise ActionConflict(f"{action.reference} is {action.status}; only a draft can be edited")
     merged = UrgentActionCreate.model_validate({**_current_fields(action), **changes})
+    changed = []
     for name, value in _stored_fields(merged).items():
+        if getattr(action, name) != value:
+            changed.append(name)
         setattr(action, name, value)
     action.updated_at = utcnow()
+    # The names of the fields changed, not their text: the action itself holds that.
+    audit.record_for_action(
+        session, actor=actor, event=audit.ACTION_EDITED, action=action, details={"fields": changed}
+    )
     return action
 
 
@@ -181,7 +195,9 @@ def _published_event(action: UrgentAction) -> events.ActionPublished:
     )
 
 
-async def publish_action(*, session: AsyncSession, action_id: uuid.UUID) -> UrgentAction:
+async def publish_action(
+    *, session: AsyncSession, action_id: uuid.UUID, actor: Actor
+) -> UrgentAction:
     """Publish a draft: ActionPublished goes out through the outbox and alerts follow."""
     action = await _lock_action(session, action_id)
     if action.status != "draft":
@@ -191,17 +207,17 @@ async def publish_action(*, session: AsyncSession, action_id: uuid.UUID) -> Urge
     action.published_at = now
     action.updated_at = now
     session.add(outbox_row(Outbox, _published_event(action)))
+    audit.record_for_action(session, actor=actor, event=audit.ACTION_PUBLISHED, action=action)
     return action
 
 
 async def replace_targets(
-    *, session: AsyncSession, action_id: uuid.UUID, targets: TargetsReplace, actor: str
+    *, session: AsyncSession, action_id: uuid.UUID, targets: TargetsReplace, actor: Actor
 ) -> UrgentAction:
     """Set the action's targets. A draft just changes; a published action tells the services
     that send letters and show the action page (``ActionTargetsChanged``). Closed: 409.
 
-    A bounced address no longer among the targets is marked fixed. ``actor`` (``token:<id>`` or
-    ``user:<id>``) is for the audit line only."""
+    A bounced address no longer among the targets is marked fixed."""
     action = await _lock_action(session, action_id)
     if action.status == "closed":
         raise ActionConflict(f"{action.reference} is closed; its targets no longer change")
@@ -223,6 +239,20 @@ async def replace_targets(
                 ),
             )
         )
+    audit.record_for_action(
+        session,
+        actor=actor,
+        event=audit.ACTION_TARGETS_CHANGED,
+        action=action,
+        details={
+            "status": action.status,
+            "targets": len(action.targets),
+            "bounces_fixed": fixed,
+            # Officials' names and addresses are public and the point of the change.
+            "before": [_target_line(t) for t in before],
+            "after": [_target_line(t) for t in action.targets],
+        },
+    )
     # Ids and counts only: the addresses stay out of the logs.
     log.info(
         "action targets replaced",
@@ -232,10 +262,14 @@ async def replace_targets(
             "status": action.status,
             "targets": len(action.targets),
             "bounces_fixed": fixed,
-            "actor": actor,
         },
     )
     return action
+
+
+def _target_line(target: dict[str, Any]) -> str:
+    email = target.get("email")
+    return f"{target.get('name', '')} <{email}>" if email else str(target.get("name", ""))
 
 
 def _check_follow_up_content(action: UrgentAction, content: dict[str, Any] | None) -> None:
@@ -254,7 +288,7 @@ def _check_follow_up_content(action: UrgentAction, content: dict[str, Any] | Non
 
 
 async def add_follow_up(
-    *, session: AsyncSession, action_id: uuid.UUID, update_in: ActionUpdateCreate
+    *, session: AsyncSession, action_id: uuid.UUID, update_in: ActionUpdateCreate, actor: Actor
 ) -> ActionUpdate:
     """A follow-up for those who received the action (only once it is published)."""
     action = await _lock_action(session, action_id)
@@ -292,11 +326,17 @@ async def add_follow_up(
         )
     )
     await session.flush()
+    details: dict[str, Any] = {"kind": update_in.kind, "update_id": str(update.id)}
+    if update_in.outcome is not None:
+        details["outcome"] = update_in.outcome
+    audit.record_for_action(
+        session, actor=actor, event=audit.ACTION_FOLLOW_UP, action=action, details=details
+    )
     return update
 
 
 async def close_action(
-    *, session: AsyncSession, action_id: uuid.UUID, close_in: ActionClose
+    *, session: AsyncSession, action_id: uuid.UUID, close_in: ActionClose, actor: Actor
 ) -> UrgentAction:
     """Close with an outcome; alerts not yet out are cancelled by the services that send them."""
     action = await _lock_action(session, action_id)
@@ -342,5 +382,12 @@ async def close_action(
                 default_language=action.default_language,
             ),
         )
+    )
+    audit.record_for_action(
+        session,
+        actor=actor,
+        event=audit.ACTION_CLOSED,
+        action=action,
+        details={"outcome": close_in.outcome, "message_sent": content is not None},
     )
     return action

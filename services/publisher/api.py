@@ -12,7 +12,9 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from services.publisher import actions as domain
-from services.publisher.auth import ROLES, Reader, StreamReader, TokenGuard, Writer
+from services.publisher import audit
+from services.publisher.audit import Actor
+from services.publisher.auth import ROLES, Admin, Reader, StreamReader, TokenGuard, Writer
 from services.publisher.database import Database
 from services.publisher.models import UrgentAction
 from services.publisher.reports import csv_filename, stats_csv, stats_stream
@@ -21,6 +23,8 @@ from services.publisher.schemas import (
     ActionStats,
     ActionUpdateCreate,
     ActionUpdateRead,
+    AuditEntryRead,
+    AuditPage,
     TargetsReplace,
     UrgentActionCreate,
     UrgentActionPage,
@@ -65,13 +69,15 @@ NotifierDep = Annotated[StatsNotifier, Depends(get_notifier)]
 ActionId = Annotated[uuid.UUID, Depends(action_id_from_path)]
 
 
-async def save_new_draft(database: Database, action_in: UrgentActionCreate) -> UrgentAction:
+async def save_new_draft(
+    database: Database, action_in: UrgentActionCreate, actor: Actor
+) -> UrgentAction:
     """A new draft in its own transaction, retried if another took its reference number."""
     attempt = 1
     while True:
         try:
             async with database.write() as session:
-                return await domain.create_action(session=session, action_in=action_in)
+                return await domain.create_action(session=session, action_in=action_in, actor=actor)
         except IntegrityError:
             if attempt == CREATE_ATTEMPTS:
                 raise
@@ -84,9 +90,9 @@ def _read(action: Any) -> UrgentActionRead:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=UrgentActionRead)
 async def create_draft(
-    action_in: UrgentActionCreate, _: Writer, database: DatabaseDep, response: Response
+    action_in: UrgentActionCreate, principal: Writer, database: DatabaseDep, response: Response
 ) -> UrgentActionRead:
-    action = await save_new_draft(database, action_in)
+    action = await save_new_draft(database, action_in, principal.actor)
     response.headers["Location"] = f"{router.prefix}/{action.id}"
     return _read(action)
 
@@ -121,12 +127,15 @@ async def get_action(action_id: ActionId, _: Reader, database: DatabaseDep) -> U
 
 @router.patch("/{action_id}", response_model=UrgentActionRead)
 async def edit_draft(
-    action_id: ActionId, changes: UrgentActionUpdate, _: Writer, database: DatabaseDep
+    action_id: ActionId, changes: UrgentActionUpdate, principal: Writer, database: DatabaseDep
 ) -> UrgentActionRead:
     try:
         async with database.write() as session:
             action = await domain.edit_draft(
-                session=session, action_id=action_id, changes=changes.model_dump(exclude_unset=True)
+                session=session,
+                action_id=action_id,
+                changes=changes.model_dump(exclude_unset=True),
+                actor=principal.actor,
             )
     except ValidationError as exc:
         # The draft as edited is invalid: report it like any invalid body, naming the field.
@@ -150,7 +159,7 @@ async def replace_targets(
             session=session,
             action_id=action_id,
             targets=targets,
-            actor=f"token:{principal.id}",
+            actor=principal.actor,
         )
     runtime.relay.notify()
     return _read(action)
@@ -158,10 +167,12 @@ async def replace_targets(
 
 @router.post("/{action_id}/publish", response_model=UrgentActionRead)
 async def publish(
-    action_id: ActionId, _: Writer, database: DatabaseDep, runtime: RuntimeDep
+    action_id: ActionId, principal: Writer, database: DatabaseDep, runtime: RuntimeDep
 ) -> UrgentActionRead:
     async with database.write() as session:
-        action = await domain.publish_action(session=session, action_id=action_id)
+        action = await domain.publish_action(
+            session=session, action_id=action_id, actor=principal.actor
+        )
     runtime.relay.notify()
     return _read(action)
 
@@ -174,13 +185,13 @@ async def publish(
 async def follow_up(
     action_id: ActionId,
     update_in: ActionUpdateCreate,
-    _: Writer,
+    principal: Writer,
     database: DatabaseDep,
     runtime: RuntimeDep,
 ) -> ActionUpdateRead:
     async with database.write() as session:
         update = await domain.add_follow_up(
-            session=session, action_id=action_id, update_in=update_in
+            session=session, action_id=action_id, update_in=update_in, actor=principal.actor
         )
     runtime.relay.notify()
     return ActionUpdateRead.model_validate(update)
@@ -190,12 +201,14 @@ async def follow_up(
 async def close(
     action_id: ActionId,
     close_in: ActionClose,
-    _: Writer,
+    principal: Writer,
     database: DatabaseDep,
     runtime: RuntimeDep,
 ) -> UrgentActionRead:
     async with database.write() as session:
-        action = await domain.close_action(session=session, action_id=action_id, close_in=close_in)
+        action = await domain.close_action(
+            session=session, action_id=action_id, close_in=close_in, actor=principal.actor
+        )
     runtime.relay.notify()
     return _read(action)
 
@@ -245,6 +258,34 @@ async def stats_live(
         ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+audit_router = APIRouter(prefix="/api/v1/audit", tags=["audit"], route_class=CallerFirstRoute)
+AuditEvent = Literal[audit.EVENTS]  # type: ignore[valid-type]
+
+
+@audit_router.get("", response_model=AuditPage)
+async def audit_log(
+    _: Admin,
+    database: DatabaseDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    action_id: Annotated[uuid.UUID | None, Query(description="only this action's history")] = None,
+    event: Annotated[AuditEvent | None, Query(description="only this kind of change")] = None,
+) -> AuditPage:
+    """Every change staff made, newest first (admin)."""
+    async with database.read() as session:
+        rows, total = await audit.list_entries(
+            session=session, limit=limit, offset=offset, action_id=action_id, event=event
+        )
+    following = offset + len(rows)
+    return AuditPage(
+        items=[AuditEntryRead.model_validate(row) for row in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
+        next_offset=following if following < total else None,
     )
 
 

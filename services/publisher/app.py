@@ -7,7 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.publisher.api import install_error_responses, router
+from services.publisher.api import audit_router, install_error_responses, router
+from services.publisher.audit import AUDIT_QUEUE, AuditConsumer
 from services.publisher.bounces import BOUNCE_QUEUE, BounceConsumer
 from services.publisher.console import install_console
 from services.publisher.database import Database
@@ -35,6 +36,7 @@ def create_app(settings: Settings) -> FastAPI:
             [
                 Subscription(TALLY_QUEUE, tally, TALLY_EVENTS),
                 Subscription(BOUNCE_QUEUE, BounceConsumer(database), (events.TargetBounced,)),
+                Subscription(AUDIT_QUEUE, AuditConsumer(database), (events.SubscriberErased,)),
             ]
         )
         try:
@@ -49,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.stats_notifier = notifier
     app.state.tally = tally
     app.include_router(router)
+    app.include_router(audit_router)
     install_error_responses(app)
     install_console(app)
     install_common(app, runtime.ready)

@@ -1,4 +1,5 @@
-"""``uanet users create``: staff accounts for the console (contract §1)."""
+"""``uanet users create`` and ``uanet users disable``: staff accounts for the console
+(contract §1)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,30 @@ def register(app: typer.Typer) -> None:
             fail(f"could not create the account ({reason}); did you run `uanet migrate`?")
         # The address is the operator's own input; echoing the role only keeps logs clean.
         typer.echo(f"created {role.value} account")
+
+    @users.command("disable")
+    def disable(
+        email: Annotated[str, typer.Option(help="the address the account signs in with")],
+    ) -> None:
+        """Revoke a console account: no more sign-ins, and its open sessions end."""
+        from services.publisher.staff import StaffUserError, disable_staff_user
+        from shared.cli import fail, settings_or_exit
+        from shared.db import make_engine, make_sessionmaker
+
+        settings = settings_or_exit()
+
+        async def run() -> None:
+            engine = make_engine(settings.publisher_database_url)
+            try:
+                await disable_staff_user(make_sessionmaker(engine), email=email)
+            finally:
+                await engine.dispose()
+
+        try:
+            asyncio.run(run())
+        except StaffUserError as exc:
+            fail(str(exc))
+        except Exception as exc:  # noqa: BLE001 - one line for an operator, not a traceback
+            reason = type(exc).__name__
+            fail(f"could not disable the account ({reason}); did you run `uanet migrate`?")
+        typer.echo("disabled the account")

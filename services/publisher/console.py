@@ -26,6 +26,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from rendering.renderer import Renderer
 from services.publisher import actions as domain
 from services.publisher.api import save_new_draft
+from services.publisher.audit import Actor
 from services.publisher.auth import ROLES, WRITE_ROLES
 from services.publisher.bounces import bounces_of
 from services.publisher.charts import SERIES, Minute, activity_svg
@@ -141,6 +142,10 @@ def render(
     if fresh:
         write_session(request, response, session)
     return response
+
+
+def _actor(user: StaffUser) -> Actor:
+    return Actor("account", user.email)
 
 
 def _see_other(url: str) -> RedirectResponse:
@@ -330,12 +335,15 @@ async def _compose_posted(
         return _compose(request, user, draft, action=action, errors=errors, status=422)
     database = _database(request)
     if action is None:
-        saved = await save_new_draft(database, validated)
+        saved = await save_new_draft(database, validated, _actor(user))
     else:
         try:
             async with database.write() as session:
                 saved = await domain.edit_draft(
-                    session=session, action_id=action.id, changes=validated.model_dump()
+                    session=session,
+                    action_id=action.id,
+                    changes=validated.model_dump(),
+                    actor=_actor(user),
                 )
         except domain.ActionConflict as exc:
             raise ConsoleError(409, "Already published", str(exc)) from None
@@ -409,14 +417,14 @@ async def publish_page(request: Request, action_id: str) -> Response:
 
 @router.post("/actions/{action_id}/publish")
 async def publish(request: Request, action_id: str) -> Response:
-    await require_user(request, WRITE_ROLES)
+    user = await require_user(request, WRITE_ROLES)
     action = await load_action(request, action_id)
     form = await read_form(request)
     if form.get("confirm") != "yes":
         return _see_other(f"/actions/{action.id}/publish")
     try:
         async with _database(request).write() as session:
-            await domain.publish_action(session=session, action_id=action.id)
+            await domain.publish_action(session=session, action_id=action.id, actor=_actor(user))
     except domain.ActionConflict as exc:
         raise ConsoleError(409, "Already published", str(exc)) from None
     request.app.state.runtime.relay.notify()
@@ -522,7 +530,9 @@ async def follow_up(request: Request, action_id: str) -> Response:
     try:
         update_in = ActionUpdateCreate.model_validate(payload)
         async with _database(request).write() as session:
-            await domain.add_follow_up(session=session, action_id=action.id, update_in=update_in)
+            await domain.add_follow_up(
+                session=session, action_id=action.id, update_in=update_in, actor=_actor(user)
+            )
     except ValidationError as exc:
         errors = _update_errors(exc, "update")
     except domain.InvalidFollowUp as exc:
@@ -547,7 +557,9 @@ async def close(request: Request, action_id: str) -> Response:
     try:
         close_in = ActionClose.model_validate(payload)
         async with _database(request).write() as session:
-            await domain.close_action(session=session, action_id=action.id, close_in=close_in)
+            await domain.close_action(
+                session=session, action_id=action.id, close_in=close_in, actor=_actor(user)
+            )
     except ValidationError as exc:
         errors = _update_errors(exc, "close")
     except domain.InvalidFollowUp as exc:
@@ -589,7 +601,7 @@ async def fix_target(request: Request, action_id: str) -> Response:
                     session=session,
                     action_id=action.id,
                     targets=replaced,
-                    actor=f"user:{user.id}",
+                    actor=_actor(user),
                 )
         except ValidationError as exc:
             errors["fix-new_address"] = _email_error(exc)

@@ -47,6 +47,33 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # None: never expires. Past it the token is refused, as if revoked.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Refreshed at most once a minute (a write per request would cost more than it tells).
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class AuditEntry(Base):
+    """One change staff made, who made it and when. Rows are only ever added: the migration
+    also makes the database refuse UPDATE and DELETE on this table."""
+
+    __tablename__ = "publisher_audit_log"
+    __table_args__ = (
+        Index("ix_publisher_audit_log_at", "at"),
+        Index("ix_publisher_audit_log_action", "action_id", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # "token" (its name), "account" (its email), "cli" (the operator's login on the host).
+    actor_kind: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(320))
+    # What was done: "action.created", "token.revoked", "subscriber.erased", ...
+    event: Mapped[str] = mapped_column(String(40))
+    action_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    # What it was done to, in words staff read ("UA 12/26", "token ci (coordinator)").
+    subject: Mapped[str] = mapped_column(String(500))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class UrgentAction(Base):

@@ -261,3 +261,29 @@ class ActionStats(BaseModel):
     responses: ResponseCounts
     by_country: dict[str, CountryCounts]
     updated_at: datetime
+
+
+class AuditEntryRead(BaseModel):
+    """One change staff made: who (``actor``: a token's name, an account's email, or the login
+    of an operator at the command line), what (``event``, ``subject``), when (``at``)."""
+
+    id: int
+    at: datetime
+    actor_kind: Literal["token", "account", "cli"]
+    actor: str
+    event: str
+    action_id: uuid.UUID | None
+    subject: str
+    details: dict[str, Any]
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+class AuditPage(BaseModel):
+    """A page of the audit log, newest first: ``next_offset`` is null on the last page."""
+
+    items: list[AuditEntryRead]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None

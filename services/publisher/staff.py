@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.publisher.audit import ACCOUNT_CREATED, ACCOUNT_DISABLED, Actor, record
 from services.publisher.auth import ROLES
 from services.publisher.models import StaffUser
 from shared.db import utcnow
@@ -61,7 +62,12 @@ def password_matches(password_hash: str, password: str) -> bool:
 
 
 async def create_staff_user(
-    sessionmaker: async_sessionmaker[AsyncSession], *, email: str, role: str, password: str
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    email: str,
+    role: str,
+    password: str,
+    actor: Actor | None = None,
 ) -> StaffUser:
     if role not in ROLES:
         raise StaffUserError(f"unknown role {role!r}")
@@ -71,9 +77,36 @@ async def create_staff_user(
     try:
         async with sessionmaker() as session, session.begin():
             session.add(user)
+            await session.flush()
+            record(
+                session,
+                actor=actor or Actor.command_line(),
+                event=ACCOUNT_CREATED,
+                subject=f"account {address} ({role})",
+            )
     except IntegrityError:
         raise StaffUserError("a staff account with that email already exists") from None
     return user
+
+
+async def disable_staff_user(
+    sessionmaker: async_sessionmaker[AsyncSession], *, email: str, actor: Actor | None = None
+) -> None:
+    """Revoke a console account: it can no longer sign in, and its sessions stop working."""
+    address = normalize_email(email)
+    async with sessionmaker() as session, session.begin():
+        user = (
+            await session.execute(select(StaffUser).where(StaffUser.email == address))
+        ).scalar_one_or_none()
+        if user is None or user.disabled_at is not None:
+            raise StaffUserError("no active staff account with that email")
+        user.disabled_at = utcnow()
+        record(
+            session,
+            actor=actor or Actor.command_line(),
+            event=ACCOUNT_DISABLED,
+            subject=f"account {address} ({user.role})",
+        )
 
 
 async def check_sign_in(session: AsyncSession, *, email: str, password: str) -> StaffUser | None:

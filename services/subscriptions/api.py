@@ -114,11 +114,11 @@ async def export_subscriber_data(
 
 @router.delete("/api/v1/subscribers/{subscriber_id}", status_code=204, response_model=None)
 async def erase_subscriber_data(
-    subscriber_id: uuid.UUID, state: StateDep, _admin: AdminDep
+    subscriber_id: uuid.UUID, state: StateDep, admin: AdminDep
 ) -> Response:
     """Erase one person's data; what they did still counts, anonymously."""
     async with state.unit_of_work() as session:
-        erased = await erase_subscriber(session, subscriber_id)
+        erased = await erase_subscriber(session, subscriber_id, erased_by=admin.name)
     if not erased:
         return _not_found()
     return Response(status_code=204)

@@ -130,8 +130,11 @@ async def export_subscriber(session: AsyncSession, public_id: uuid.UUID) -> dict
     }
 
 
-async def erase_subscriber(session: AsyncSession, public_id: uuid.UUID) -> bool:
-    """Strip one person's data (in the caller's transaction); False if we do not know them."""
+async def erase_subscriber(
+    session: AsyncSession, public_id: uuid.UUID, *, erased_by: str | None = None
+) -> bool:
+    """Strip one person's data (in the caller's transaction); False if we do not know them.
+    ``erased_by`` (the admin token's name) goes to the publisher's audit log."""
     subscriber = await live_subscriber(session, public_id)
     if subscriber is None:
         return False
@@ -152,7 +155,7 @@ async def erase_subscriber(session: AsyncSession, public_id: uuid.UUID) -> bool:
     await session.execute(
         update(Consent).where(Consent.subscriber_id == subscriber.id).values(client_address=None)
     )
-    # The dispatcher forgets them too (its ledger's addresses).
-    session.add(outbox_row(Outbox, SubscriberErased(subscriber_id=public_id)))
+    # The dispatcher forgets them too (its ledger's addresses); the publisher audits it.
+    session.add(outbox_row(Outbox, SubscriberErased(subscriber_id=public_id, erased_by=erased_by)))
     log.info("subscriber erased")
     return True

@@ -14,13 +14,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.subscriptions.models import ApiToken, ProcessedMessage
 from shared import events
 from shared.access import Guard, forbidden, unauthorized
-from shared.db import already_processed
+from shared.db import already_processed, utcnow
 from shared.messaging import Delivery, Handler, Reject
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ async def token_issued(session: AsyncSession, event: events.ApiTokenIssued) -> N
                 role=event.role,
                 token_hash=event.token_hash.lower(),
                 issued_at=event.occurred_at,
+                expires_at=event.expires_at,
             )
         )
         return
@@ -52,6 +53,7 @@ async def token_issued(session: AsyncSession, event: events.ApiTokenIssued) -> N
     row.role = event.role
     row.token_hash = event.token_hash.lower()
     row.issued_at = event.occurred_at
+    row.expires_at = event.expires_at
 
 
 async def token_revoked(session: AsyncSession, event: events.ApiTokenRevoked) -> None:
@@ -90,11 +92,13 @@ def _is_hex(value: str) -> bool:
 
 
 async def caller_of(session: AsyncSession, token: str) -> Caller | None:
-    """The live token's name and role, or None for an unknown or revoked one."""
+    """The live token's name and role, or None for an unknown, expired or revoked one."""
     row = (
         await session.execute(
             select(ApiToken).where(
-                ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None)
+                ApiToken.token_hash == hash_token(token),
+                ApiToken.revoked_at.is_(None),
+                or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > utcnow()),
             )
         )
     ).scalar_one_or_none()

@@ -427,7 +427,16 @@ async def test_replacing_a_bounced_address_marks_it_fixed(
     row = (await bounce_rows(api, action_id))["judiciary@example.org"]
     assert row.fixed_at is not None and row.fixed_to == new
     [line] = [r for r in caplog.records if r.getMessage() == "action targets replaced"]
-    assert line.__dict__["bounces_fixed"] == 1 and line.__dict__["actor"].startswith("token:")
+    assert line.__dict__["bounces_fixed"] == 1
+    # Who did it goes to the audit log, not to the log line.
+    audit = await api.client.get(
+        "/api/v1/audit",
+        params={"action_id": action_id, "event": "action.targets_changed"},
+        headers=api.auth("admin"),
+    )
+    [entry] = audit.json()["items"]
+    assert (entry["actor_kind"], entry["actor"]) == ("token", "test staff")
+    assert entry["details"]["bounces_fixed"] == 1
     assert "example.org" not in json.dumps({k: str(v) for k, v in line.__dict__.items()})
 
     # A letter that left before the fix and bounces late: still fixed, the count goes on.
