@@ -25,9 +25,10 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 
 from rendering.renderer import Renderer
 from services.publisher import actions as domain
+from services.publisher import audit
 from services.publisher.api import save_new_draft
 from services.publisher.audit import Actor
-from services.publisher.auth import ROLES, WRITE_ROLES
+from services.publisher.auth import ADMIN_ROLES, ROLES, WRITE_ROLES
 from services.publisher.bounces import bounces_of
 from services.publisher.charts import SERIES, Minute, activity_svg
 from services.publisher.database import Database
@@ -54,6 +55,7 @@ from shared.web import client_address
 
 HERE = Path(__file__).resolve().parent
 PAGE_SIZE = 25
+HISTORY_SIZE = 50  # an action's page shows its latest changes; the audit log has them all
 OUTCOMES: tuple[str, ...] = Outcome.__args__  # type: ignore[attr-defined]
 UPDATE_FIELDS = ("subject", "body", "sms")
 # Console pages load only what we serve. The preview page also lets the email's own inline
@@ -81,6 +83,19 @@ _templates.globals["STATUS_LABELS"] = {
     "draft": "Draft",
     "published": "Published",
     "closed": "Closed",
+}
+_templates.globals["EVENT_LABELS"] = {
+    audit.ACTION_CREATED: "Draft created",
+    audit.ACTION_EDITED: "Draft edited",
+    audit.ACTION_PUBLISHED: "Published",
+    audit.ACTION_FOLLOW_UP: "Follow-up sent",
+    audit.ACTION_CLOSED: "Closed",
+    audit.ACTION_TARGETS_CHANGED: "Targets changed",
+    audit.TOKEN_CREATED: "API token created",
+    audit.TOKEN_REVOKED: "API token revoked",
+    audit.ACCOUNT_CREATED: "Console account created",
+    audit.ACCOUNT_DISABLED: "Console account disabled",
+    audit.SUBSCRIBER_ERASED: "Subscriber erased",
 }
 _templates.globals["OUTCOME_LABELS"] = {
     "released": "Released",
@@ -472,6 +487,9 @@ async def _action_page(
     async with _database(request).read() as session:
         stats = await read_stats(session=session, action_id=action.id)
         bounces = await bounces_of(session=session, action_id=action.id)
+        history, history_total = await audit.list_entries(
+            session=session, limit=HISTORY_SIZE, offset=0, action_id=action.id
+        )
     renderer = Renderer(mail_from=request.app.state.settings.mail_from)
     return render(
         request,
@@ -493,6 +511,8 @@ async def _action_page(
             "values": values or {},
             "notice": notice,
             "chart_version": int(stats.updated_at.timestamp()),
+            "history": history,
+            "history_more": history_total > len(history),
         },
         user=user,
         status=status,
@@ -652,6 +672,34 @@ async def csv_export(request: Request, action_id: str) -> Response:
         stats_csv(counts),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{csv_filename(counts.reference)}"'},
+    )
+
+
+# ---- audit log -------------------------------------------------------------------------------
+
+
+@router.get("/audit")
+async def audit_page(request: Request, page: str = "1", event: str = "") -> Response:
+    """Every change staff made, newest first (admins only, as ``GET /api/v1/audit``)."""
+    user = await require_user(request, ADMIN_ROLES)
+    number = int(page) if page.isdigit() and 0 < len(page) < 7 else 1
+    chosen = event if event in audit.EVENTS else None
+    async with _database(request).read() as session:
+        entries, total = await audit.list_entries(
+            session=session, limit=PAGE_SIZE, offset=(number - 1) * PAGE_SIZE, event=chosen
+        )
+    return render(
+        request,
+        "audit.html.j2",
+        {
+            "entries": entries,
+            "total": total,
+            "page": number,
+            "pages": max(1, math.ceil(total / PAGE_SIZE)),
+            "event": chosen,
+            "events": audit.EVENTS,
+        },
+        user=user,
     )
 
 
