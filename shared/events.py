@@ -151,6 +151,15 @@ class ApiTokenRevoked(Message):
     token_id: uuid.UUID
 
 
+class ApiTokenUsed(Message):
+    """A service other than the publisher took a token (at most once a minute per token), so
+    ``uanet token list`` shows its last use wherever it was."""
+
+    ROUTING_KEY: ClassVar[str] = "token.used"
+    token_id: uuid.UUID
+    used_at: datetime
+
+
 # ---- subscriptions -> publisher / dispatcher --------------------------------------------------
 
 
@@ -289,6 +298,7 @@ class TargetBounced(Message):
 ALL_MESSAGES: tuple[type[Message], ...] = (
     ApiTokenIssued,
     ApiTokenRevoked,
+    ApiTokenUsed,
     ActionPublished,
     ActionUpdated,
     ActionClosed,

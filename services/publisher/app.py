@@ -36,7 +36,11 @@ def create_app(settings: Settings) -> FastAPI:
             [
                 Subscription(TALLY_QUEUE, tally, TALLY_EVENTS),
                 Subscription(BOUNCE_QUEUE, BounceConsumer(database), (events.TargetBounced,)),
-                Subscription(AUDIT_QUEUE, AuditConsumer(database), (events.SubscriberErased,)),
+                Subscription(
+                    AUDIT_QUEUE,
+                    AuditConsumer(database),
+                    (events.SubscriberErased, events.ApiTokenUsed),
+                ),
             ]
         )
         try:

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.publisher.database import Database
-from services.publisher.models import AuditEntry, ProcessedMessage, UrgentAction
+from services.publisher.models import ApiToken, AuditEntry, ProcessedMessage, UrgentAction
 from shared import events
 from shared.db import already_processed, utcnow
 from shared.messaging import Delivery, Reject
@@ -146,12 +146,16 @@ async def list_entries(
 
 
 class AuditConsumer:
-    """The handler of ``publisher.audit``: changes staff made in another service."""
+    """The handler of ``publisher.audit``: what staff did in another service (erasures, for the
+    log; a token's use, for ``uanet token list``)."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
 
     async def __call__(self, event: events.Message, delivery: Delivery | None = None) -> None:
+        if isinstance(event, events.ApiTokenUsed):
+            await self._token_used(event)
+            return
         if not isinstance(event, events.SubscriberErased):
             raise Reject(f"{AUDIT_QUEUE} does not take {type(event).__name__}")
         async with self.database.write() as session:
@@ -166,3 +170,16 @@ class AuditConsumer:
                 at=event.occurred_at,
             )
         log.info("subscriber erasure audited")
+
+    async def _token_used(self, event: events.ApiTokenUsed) -> None:
+        # Other services know a token by an id made of its hash's first half (auth.py).
+        prefix = event.token_id.hex
+        async with self.database.write() as session:
+            await session.execute(
+                update(ApiToken)
+                .where(
+                    ApiToken.token_hash.startswith(prefix, autoescape=True),
+                    or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < event.used_at),
+                )
+                .values(last_used_at=event.used_at)
+            )

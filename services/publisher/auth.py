@@ -2,6 +2,10 @@
 
 Only a SHA-256 of each token is stored. Tokens are long random strings, so a plain hash (no salt,
 no slow KDF) is enough: there is nothing to guess, and lookup stays one indexed query.
+
+A token may carry an expiry. Revoked or expired, it is refused here at once and by subscriptions
+as soon as the events reach it (``ApiTokenIssued`` carries the expiry, ``ApiTokenRevoked`` the
+revocation). Each creation and revocation is in the audit log.
 """
 
 from __future__ import annotations
@@ -239,7 +243,7 @@ class TokenGuard(Guard):
             raise unauthorized("a bearer token is required")
         token = credentials.credentials
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
-            raise unauthorized("unknown or revoked token")
+            raise unauthorized("unknown, expired or revoked token")
         database: Database = request.app.state.database
         async with database.read() as session:
             found = await principal_for_token(session, token)

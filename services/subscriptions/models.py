@@ -134,6 +134,8 @@ class ApiToken(Base):
     issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Reported to the publisher (ApiTokenUsed) at most once a minute.
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class KnownAction(Base):

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.subscriptions.models import ApiToken, ProcessedMessage
+from services.subscriptions.models import ApiToken, Outbox, ProcessedMessage
+from services.subscriptions.web import ServiceState
 from shared import events
 from shared.access import Guard, forbidden, unauthorized
-from shared.db import already_processed, utcnow
+from shared.db import already_processed, outbox_row, utcnow
 from shared.messaging import Delivery, Handler, Reject
 
 log = logging.getLogger(__name__)
@@ -104,7 +107,9 @@ async def caller_of(session: AsyncSession, token: str) -> Caller | None:
     ).scalar_one_or_none()
     if row is None:
         return None
-    return Caller(name=row.name, role=row.role)
+    return Caller(
+        token_id=row.token_id, name=row.name, role=row.role, last_used_at=row.last_used_at
+    )
 
 
 # auto_error=False: a missing header must be our 401 with WWW-Authenticate, not FastAPI's 403.
@@ -115,8 +120,39 @@ _bearer = HTTPBearer(auto_error=False)
 class Caller:
     """A live token, as the publisher issued it."""
 
+    token_id: uuid.UUID
     name: str
     role: str
+    last_used_at: datetime | None = None
+
+
+# A token's use is reported at most this often (a write and an event per request would cost
+# more than the figure tells).
+USE_REPORT_INTERVAL = timedelta(minutes=1)
+
+
+async def report_use(state: ServiceState, caller: Caller) -> None:
+    """Tell the publisher this token was used (``uanet token list`` shows it)."""
+    now = utcnow()
+    if caller.last_used_at is not None and now - caller.last_used_at < USE_REPORT_INTERVAL:
+        return
+    async with state.unit_of_work() as session:
+        marked = await session.execute(
+            update(ApiToken)
+            .where(
+                ApiToken.token_id == caller.token_id,
+                or_(
+                    ApiToken.last_used_at.is_(None),
+                    ApiToken.last_used_at < now - USE_REPORT_INTERVAL,
+                ),
+            )
+            .values(last_used_at=now)
+        )
+        # Another request of the same minute got there first: one report is enough.
+        if marked.rowcount:  # type: ignore[attr-defined]
+            session.add(
+                outbox_row(Outbox, events.ApiTokenUsed(token_id=caller.token_id, used_at=now))
+            )
 
 
 class AdminGuard(Guard):
@@ -129,12 +165,13 @@ class AdminGuard(Guard):
             raise unauthorized("a bearer token is required")
         token = credentials.credentials
         if len(token) > MAX_TOKEN_LENGTH:
-            raise unauthorized("unknown or revoked token")
+            raise unauthorized("unknown, expired or revoked token")
         sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.runtime.sessionmaker
         async with sessionmaker() as session:
             caller = await caller_of(session, token)
         if caller is None:
-            raise unauthorized("unknown or revoked token")
+            raise unauthorized("unknown, expired or revoked token")
+        await report_use(request.app.state.subscriptions, caller)
         if caller.role != ADMIN:
             raise forbidden("admin role required")
         return caller

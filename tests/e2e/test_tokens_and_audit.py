@@ -101,6 +101,22 @@ async def test_a_revoked_token_is_refused_everywhere_and_erasures_are_audited(
         elapsed = time.monotonic() - started
         print(f"revocation refused by subscriptions after {elapsed:.2f}s")
 
+        # A token used only on subscriptions: its last use reaches the publisher's list.
+        eraser = create_token(stack, "admin", "eraser")
+        eraser_headers = {"Authorization": f"Bearer {eraser}"}
+
+        async def eraser_status() -> int:
+            return (await client.get(missing + "/export", headers=eraser_headers)).status_code
+
+        await eventually(lambda: _equals(eraser_status(), 404), what="the eraser token to arrive")
+
+        def eraser_line() -> str:
+            listed = stack.cli("token", "list").stdout.splitlines()
+            [line] = [row for row in listed if row.startswith("eraser")]
+            return line if line.count("UTC") == 2 else ""  # created, and last used
+
+        assert (await eventually(eraser_line, what="the eraser's use listed")).endswith("live")
+
         listed = stack.cli("token", "list")
         assert listed.returncode == 0
         [line] = [row for row in listed.stdout.splitlines() if row.startswith("privacy desk")]

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
+from services.publisher.audit import AuditConsumer
 from services.publisher.auth import create_api_token, hash_token
 from services.publisher.models import ApiToken, AuditEntry, Outbox
 from shared import events
@@ -164,3 +165,28 @@ async def test_last_use_is_recorded_at_most_once_a_minute(sqlite_api: Api) -> No
         )
     assert (await sqlite_api.client.post("/api/v1/actions", headers=headers)).status_code == 403
     assert utcnow() - await last_used() < timedelta(minutes=1)
+
+
+async def test_use_on_another_service_shows_as_last_use(sqlite_api: Api) -> None:
+    sessionmaker = sqlite_api.app.state.runtime.sessionmaker
+    await create_api_token(sessionmaker, role="admin", name="eraser")
+    async with sessionmaker() as session:
+        [issued] = [
+            events.ApiTokenIssued.model_validate_json(row.body)
+            for row in (await session.execute(select(Outbox))).scalars()
+            if row.routing_key == "token.issued" and '"eraser"' in row.body
+        ]
+    consumer = AuditConsumer(sqlite_api.app.state.database)
+    used_at = utcnow() - timedelta(minutes=3)
+    await consumer(events.ApiTokenUsed(token_id=issued.token_id, used_at=used_at))
+    # A report older than what is known changes nothing (they may arrive out of order).
+    await consumer(
+        events.ApiTokenUsed(token_id=issued.token_id, used_at=used_at - timedelta(hours=1))
+    )
+    async with sessionmaker() as session:
+        tokens = {
+            row.name: row.last_used_at
+            for row in (await session.execute(select(ApiToken))).scalars()
+        }
+    assert tokens["eraser"] == used_at
+    assert tokens["test admin"] is None  # the others untouched

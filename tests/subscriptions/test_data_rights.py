@@ -288,3 +288,21 @@ async def test_admin_endpoints_check_the_token_before_the_path(
     # The public sign-up stays public.
     signup = await client.post("/api/v1/subscribers", json={"email": "a@example.net"})
     assert signup.status_code == 422
+
+
+async def test_a_token_s_use_is_reported_at_most_once_a_minute(
+    app: FastAPI, client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    admin, staff = issued(ADMIN_TOKEN, "admin"), issued(STAFF_TOKEN, "staff")
+    await feed(app, admin, staff)
+    path = f"/api/v1/subscribers/{uuid.uuid4()}/export"
+    assert await outbox(sessionmaker, "token.used") == []
+    for _ in range(3):
+        assert (await client.get(path, headers=bearer(ADMIN_TOKEN))).status_code == 404
+    assert (await client.get(path, headers=bearer(STAFF_TOKEN))).status_code == 403
+    await client.get(path, headers=bearer("uat_never-issued"))  # reports nothing
+    reports = await outbox(sessionmaker, "token.used")
+    # One per live token within the minute (a refused role is still a use of a live token).
+    assert sorted(r["token_id"] for r in reports) == sorted(
+        [str(admin.token_id), str(staff.token_id)]
+    )

@@ -1,4 +1,4 @@
-"""token expiry: an API token may carry an expiry, refused from then on
+"""token expiry and use: an API token may carry an expiry, refused from then on; its last use
 
 Revision ID: 0004_token_expiry
 Revises: 0003_letters
@@ -19,8 +19,10 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("api_tokens") as batch:
         batch.add_column(sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("api_tokens") as batch:
+        batch.drop_column("last_used_at")
         batch.drop_column("expires_at")
