@@ -275,13 +275,31 @@ class DeliveryStatusChanged(Message):
 
 
 class RecipientSuppressed(Message):
-    """An address bounced for good, or a number replied STOP to the carrier (Twilio 21610)."""
+    """An address bounced for good, a number replied STOP to the carrier (Twilio 21610), or a
+    recipient reported an email as spam (``complaint``: that channel is unsubscribed too).
+
+    ``address`` is empty when the report named the message but not a trustworthy address (a
+    late bounce or complaint tied to its ledger row): then it is the subscriber's own address.
+    """
 
     ROUTING_KEY: ClassVar[str] = "recipient.suppressed"
     subscriber_id: uuid.UUID | None
     channel: Channel
     address: str
-    reason: Literal["hard_bounce", "opted_out"]
+    reason: Literal["hard_bounce", "opted_out", "complaint"]
+
+
+class EmailFeedback(Message):
+    """A late report on one email the relay had accepted: a bounce (permanent or temporary), a
+    spam complaint, or an ESP's confirmed delivery. ``previous`` is the count the message
+    leaves: a permanent bounce moves it from ``sent`` (or ``delivered``) to ``failed``, a
+    delivery from ``sent`` to ``delivered``; None moves nothing."""
+
+    ROUTING_KEY: ClassVar[str] = "delivery.feedback"
+    action_id: uuid.UUID
+    message_kind: MessageKind
+    kind: Literal["hard_bounce", "soft_bounce", "complaint", "delivered"]
+    previous: Literal["sent", "delivered"] | None = None
 
 
 class TargetBounced(Message):
@@ -311,5 +329,6 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     DeliveriesReported,
     DeliveryStatusChanged,
     RecipientSuppressed,
+    EmailFeedback,
     TargetBounced,
 )

@@ -71,6 +71,7 @@ QUEUES: tuple[QueueSpec, ...] = (
             events.DeliveriesReported.ROUTING_KEY,
             events.DeliveryStatusChanged.ROUTING_KEY,
             events.ResponseRecorded.ROUTING_KEY,
+            events.EmailFeedback.ROUTING_KEY,
         ),
     ),
     QueueSpec(

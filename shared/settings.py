@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     mail_from: str = "Urgent Action Network <alerts@localhost>"
     # Envelope sender base for VERP (bounces+<tag>@domain); unset: the address of mail_from.
     bounce_address: str | None = None
+    # Bounce mail over SMTP (an MTA's transport for the bounce address hands it on); unset: off.
+    bounce_smtp_port: int | None = Field(None, ge=1, le=65535)
+    bounce_smtp_host: str = "127.0.0.1"
+    # ESP event webhooks, each on only when its key is set (nothing else can prove the sender).
+    sendgrid_webhook_public_key: str | None = None  # base64 DER, ECDSA P-256
+    mailgun_webhook_signing_key: SecretStr | None = None
+    ses_topic_arns: str | None = None  # comma-separated SNS topic ARNs
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
     twilio_from: str | None = None
@@ -101,6 +108,17 @@ class Settings(BaseSettings):
         if any(c.isspace() or c in '<>,;:"()[]\\' for c in v) or not v.isascii():
             raise ValueError("must be a plain address such as bounces@example.org")
         return v.lower()
+
+    @field_validator(
+        "bounce_smtp_port", "sendgrid_webhook_public_key", "ses_topic_arns", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @property
+    def ses_topic_arn_set(self) -> frozenset[str]:
+        return frozenset(a.strip() for a in (self.ses_topic_arns or "").split(",") if a.strip())
 
     @property
     def twilio_enabled(self) -> bool:

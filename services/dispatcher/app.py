@@ -11,6 +11,10 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from rendering.renderer import Renderer
+from services.dispatcher.feedback.port import BouncePort
+from services.dispatcher.feedback.record import FeedbackRecorder
+from services.dispatcher.feedback.sns import HttpsSnsGateway, SnsGateway
+from services.dispatcher.feedback.webhooks import install_feedback_webhooks
 from services.dispatcher.handlers import Dispatcher
 from services.dispatcher.identity import MessageTags
 from services.dispatcher.letters import LetterDispatcher
@@ -78,9 +82,10 @@ def create_app(
     email_sender: EmailSender | None = None,
     sms_sender: SmsSender | None = None,
     clock: Clock = system_clock,
+    sns: SnsGateway | None = None,
 ) -> FastAPI:
-    """The dispatcher service; tests may hand in fake senders and a clock of their own,
-    production uses SMTP, Twilio and the system clock."""
+    """The dispatcher service; tests may hand in fake senders, a clock and an SNS gateway of
+    their own, production uses SMTP, Twilio, the system clock and SNS over HTTPS."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -118,19 +123,37 @@ def create_app(
             notify=runtime.relay.notify,
             tags=tags,
         )
+        # Late bounces and complaints: the ESP webhooks and, when configured, the bounce port.
+        feedback = FeedbackRecorder(runtime.sessionmaker, tags, runtime.relay.notify)
+        gateway = sns or HttpsSnsGateway()
+        bounce_port = (
+            BouncePort(feedback, host=settings.bounce_smtp_host, port=settings.bounce_smtp_port)
+            if settings.bounce_smtp_port
+            else None
+        )
         app.state.runtime = runtime
         app.state.dispatcher = dispatcher
         app.state.scheduler = scheduler
         app.state.letters = letters
+        app.state.feedback = feedback
+        app.state.sns = gateway
+        app.state.bounce_port = bounce_port
         try:
             await runtime.start(subscriptions(dispatcher, letters))
             scheduler.start()
+            if bounce_port is not None:
+                await bounce_port.start()
             yield
         finally:
             # SIGTERM (a deploy): stop starting sends first, so what is in flight is all
             # that the drain below waits for; then consumers, handlers and outbox wind down.
             dispatcher.stop_taking_work()
             letters.stop_taking_work()
+            # No new reports either: the MTA offers them again to the next process.
+            if bounce_port is not None:
+                await bounce_port.stop()
+            if isinstance(gateway, HttpsSnsGateway):
+                await gateway.close()
             await scheduler.stop()
             await runtime.stop()
             await email.close()
@@ -143,6 +166,9 @@ def create_app(
         return await runtime.ready()
 
     install_common(app, ready)
+    install_feedback_webhooks(
+        app, settings, recorder=lambda: app.state.feedback, sns=lambda: app.state.sns
+    )
 
     @app.post(STATUS_WEBHOOK_PATH, include_in_schema=False)
     async def twilio_status(request: Request, dispatcher: DispatcherDep) -> Response:

@@ -8,6 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
+import services.dispatcher.feedback.models  # noqa: F401 - its tables are on the same metadata
 import services.dispatcher.letters  # noqa: F401 - its tables are on the same metadata
 from services.dispatcher.models import Base
 
