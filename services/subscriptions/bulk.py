@@ -71,7 +71,7 @@ EXPORT_COLUMNS = (
     "created_at",
 )
 SUPPRESSION_COLUMNS = ("channel", "address", "reason")
-SUPPRESSION_REASONS = frozenset({"opted_out", "hard_bounce", "unsubscribed"})
+SUPPRESSION_REASONS = frozenset({"opted_out", "hard_bounce", "unsubscribed", "complaint"})
 LIST_SEPARATOR = ";"
 # The tables themselves: Core inserts, not the ORM's (see _insert_subscribers).
 SUBSCRIBERS = cast(Table, Subscriber.__table__)

@@ -99,6 +99,7 @@ async def export_subscriber(session: AsyncSession, public_id: uuid.UUID) -> dict
                 "source": c.source,
                 "at": _when(c.at),
                 "client_address": c.client_address,
+                "reason": c.reason,
             }
             for c in consents
         ],

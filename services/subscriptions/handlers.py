@@ -205,12 +205,19 @@ class SubscriptionHandlers:
         async with self.sessionmaker() as session, session.begin():
             if await already_processed(session, ProcessedMessage, event.message_id):
                 return
-            await store.suppress(
-                session, channel=event.channel, address=event.address, reason=event.reason
-            )
             subscriber: Subscriber | None = None
             if event.subscriber_id is not None:
                 subscriber = await store.subscriber_by_public_id(session, event.subscriber_id)
+            # No address: a late bounce or complaint tied to its message, so the subscriber's
+            # own address (the report's could be anyone's). Erased since: nothing to suppress.
+            address = event.address or (subscriber.address(event.channel) if subscriber else None)
+            if not address:
+                log.info("suppression without an address to apply it to")
+                return
+            event = event.model_copy(update={"address": address})
+            await store.suppress(
+                session, channel=event.channel, address=event.address, reason=event.reason
+            )
             if subscriber is None:
                 found = await store.subscribers_by_address(
                     session,
@@ -219,6 +226,19 @@ class SubscriptionHandlers:
                 )
                 subscriber = found[0] if found else None
             if (
+                subscriber is not None
+                and subscriber.address(event.channel) == event.address
+                and event.reason == "complaint"
+            ):
+                # They reported our mail as spam: no more email, and the consent record says why.
+                await unsubscribe(
+                    session=session,
+                    subscriber=subscriber,
+                    channel=event.channel,
+                    origin=Origin("feedback", reason="complaint"),
+                    reason="complaint",
+                )
+            elif (
                 subscriber is not None
                 and subscriber.address(event.channel) == event.address
                 and event.reason == "opted_out"

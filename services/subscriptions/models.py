@@ -28,8 +28,9 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 ChannelStatus = Literal["pending", "confirmed", "unsubscribed"]
 ConsentEvent = Literal["given", "confirmed", "withdrawn"]
-ConsentSource = Literal["api", "page", "sms", "import"]
-SuppressionReason = Literal["opted_out", "hard_bounce", "unsubscribed"]
+# "feedback": a report about our mail (a spam complaint through a feedback loop or an ESP).
+ConsentSource = Literal["api", "page", "sms", "import", "feedback"]
+SuppressionReason = Literal["opted_out", "hard_bounce", "unsubscribed", "complaint"]
 
 PENDING: ChannelStatus = "pending"
 CONFIRMED: ChannelStatus = "confirmed"
@@ -104,6 +105,8 @@ class Consent(Base):
     source: Mapped[str] = mapped_column(String(8))
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     client_address: Mapped[str | None] = mapped_column(String(64))
+    # Why, when it was not the person's own choice on a page or by SMS (``complaint``).
+    reason: Mapped[str | None] = mapped_column(String(32))
 
 
 class Suppression(Base):

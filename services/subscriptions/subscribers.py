@@ -44,6 +44,8 @@ class Origin:
 
     source: ConsentSource
     client_address: str | None = None
+    # Why, for the consent record, when the change was not the person's own (a complaint).
+    reason: str | None = None
 
 
 def record_consent(
@@ -57,6 +59,7 @@ def record_consent(
             source=origin.source,
             at=utcnow(),
             client_address=origin.client_address,
+            reason=origin.reason,
         )
     )
 

@@ -23,6 +23,7 @@ from services.subscriptions.models import (
     ActionRecipient,
     AudienceProgress,
     Base,
+    Consent,
     KnownAction,
     ProcessedMessage,
     Subscriber,
@@ -466,3 +467,45 @@ def update_statement(where: Any, **values: Any) -> Any:
 
 def delivery() -> Delivery:
     return Delivery(queue="test", routing_key="test", attempt=0)
+
+
+async def test_a_late_complaint_unsubscribes_email_and_says_why(
+    database: async_sessionmaker[AsyncSession], links: Links
+) -> None:
+    """The dispatcher names the subscriber, not the address (a report's could be forged)."""
+    async with database() as session, session.begin():
+        await session.execute(insert(Subscriber), [subscriber_row(1), subscriber_row(2)])
+    handlers = SubscriptionHandlers(database, links, nothing)
+    async with database() as session:
+        first, second = (
+            await session.execute(select(Subscriber).order_by(Subscriber.id))
+        ).scalars()
+    complaint = events.RecipientSuppressed(
+        subscriber_id=first.public_id, channel="email", address="", reason="complaint"
+    )
+    bounce = events.RecipientSuppressed(
+        subscriber_id=second.public_id, channel="email", address="", reason="hard_bounce"
+    )
+    for event in (complaint, complaint, bounce):
+        await handlers.on_recipient_suppressed(event, delivery())
+
+    async with database() as session:
+        people = (await session.execute(select(Subscriber).order_by(Subscriber.id))).scalars().all()
+        suppressions = (
+            await session.execute(select(Suppression).order_by(Suppression.id))
+        ).scalars()
+        consents = (
+            await session.execute(select(Consent).where(Consent.event == "withdrawn"))
+        ).scalars()
+        assert [(s.address, s.reason) for s in suppressions] == [
+            (first.email, "complaint"),
+            (second.email, "hard_bounce"),
+        ]
+        assert [(c.subscriber_id, c.channel, c.source, c.reason) for c in consents] == [
+            (first.id, "email", "feedback", "complaint")
+        ]
+    # The complainer's email is off; a bounce leaves consent as it was; SMS untouched.
+    assert [(p.email_status, p.sms_status) for p in people] == [
+        ("unsubscribed", "confirmed"),
+        ("confirmed", "confirmed"),
+    ]
