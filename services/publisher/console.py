@@ -32,6 +32,7 @@ from services.publisher.auth import ADMIN_ROLES, ROLES, WRITE_ROLES
 from services.publisher.bounces import bounces_of
 from services.publisher.charts import SERIES, Minute, activity_svg
 from services.publisher.database import Database
+from services.publisher.feedback import action_feedback, month_feedback
 from services.publisher.forms import DraftForm
 from services.publisher.models import CHANNELS, ActionTally, StaffUser, UrgentAction
 from services.publisher.overview import read_overview
@@ -490,6 +491,7 @@ async def _action_page(
         history, history_total = await audit.list_entries(
             session=session, limit=HISTORY_SIZE, offset=0, action_id=action.id
         )
+        feedback = await action_feedback(session=session, action_id=action.id)
     renderer = Renderer(mail_from=request.app.state.settings.mail_from)
     return render(
         request,
@@ -497,6 +499,7 @@ async def _action_page(
         {
             "action": action,
             "stats": stats,
+            "feedback": feedback,
             # One replaced since is a quiet note; the others still need fixing.
             "bounces": [b for b in bounces if b.fixed_at is None],
             "fixed_bounces": [b for b in bounces if b.fixed_at is not None],
@@ -713,7 +716,13 @@ async def overview(request: Request) -> Response:
     since = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     async with _database(request).read() as session:
         figures = await read_overview(session=session, since=since)
-    return render(request, "overview.html.j2", {"o": figures, "month": since}, user=user)
+        feedback = await month_feedback(session=session, since=since)
+    return render(
+        request,
+        "overview.html.j2",
+        {"o": figures, "month": since, "feedback": feedback},
+        user=user,
+    )
 
 
 # ---- wiring ----------------------------------------------------------------------------------

@@ -141,6 +141,11 @@ class ActionTally(Base):
     sms_sent: Mapped[int] = mapped_column(Integer, default=0)
     sms_delivered: Mapped[int] = mapped_column(Integer, default=0)
     sms_failed: Mapped[int] = mapped_column(Integer, default=0)
+    # Reported after the relay accepted the alert (services/publisher/feedback.py): a hard
+    # bounce also moved its alert from email_sent to email_failed.
+    email_hard_bounces: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    email_soft_bounces: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    email_complaints: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     people: Mapped[int] = mapped_column(Integer, default=0)
     actions: Mapped[int] = mapped_column(Integer, default=0)
     kind_letter: Mapped[int] = mapped_column(Integer, default=0)

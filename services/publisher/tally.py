@@ -50,6 +50,7 @@ TALLY_EVENTS: tuple[type[events.Message], ...] = (
     events.DeliveriesReported,
     events.DeliveryStatusChanged,
     events.ResponseRecorded,
+    events.EmailFeedback,
 )
 
 
@@ -211,6 +212,32 @@ async def count_delivery_status(
     return True
 
 
+async def count_email_feedback(*, session: AsyncSession, event: events.EmailFeedback) -> bool:
+    """A late bounce, complaint or ESP delivery of an alert email: a hard bounce moves it from
+    sent (and delivered) to failed; the bounce and complaint counts feed the staff's rates."""
+    if event.message_kind != "alert":
+        return False
+    increments: dict[str, int] = {}
+    if event.kind == "hard_bounce":
+        increments["email_hard_bounces"] = 1
+        if event.previous is not None:
+            increments |= {"email_sent": -1, "email_failed": 1}
+        if event.previous == "delivered":
+            increments["email_delivered"] = -1
+    elif event.kind == "soft_bounce":
+        increments["email_soft_bounces"] = 1
+    elif event.kind == "complaint":
+        increments["email_complaints"] = 1
+    elif event.previous == "sent":  # delivered
+        increments["email_delivered"] = 1
+    if not increments:
+        return False
+    await _add_to_tally(session, event.action_id, increments)
+    if increments.get("email_delivered", 0) > 0:
+        await _add_to_activity(session, event.action_id, {"delivered": 1})
+    return True
+
+
 async def count_response(*, session: AsyncSession, event: events.ResponseRecorded) -> bool:
     # The tally row first: an unknown action is refused before anything else is written.
     await _add_to_tally(
@@ -251,6 +278,8 @@ class TallyConsumer:
                 changed = await count_delivery_status(session=session, event=event)
             elif isinstance(event, events.ResponseRecorded):
                 changed = await count_response(session=session, event=event)
+            elif isinstance(event, events.EmailFeedback):
+                changed = await count_email_feedback(session=session, event=event)
             else:
                 raise Reject(f"the tally does not count {type(event).__name__}")
         # After the commit: a stream woken now reads the new counts.
