@@ -75,6 +75,6 @@ async def test_late_feedback_moves_counts_once_and_staff_see_it(api: Api) -> Non
         figures = dict(re.findall(r'data-overview="([a-z-]+)">([^<]+)<', overview))
         assert figures["bounce-rate"] == "5.00%"  # 2 of the 40 the relay accepted
         assert figures["complaint-rate"] == "2.50%"
-        assert (figures["hard-bounces"], figures["complaints"]) == ("2", "1")
+        assert (figures["hard-bounces"], figures["spam-complaints"]) == ("2", "1")
     finally:
         await browser.aclose()
