@@ -110,7 +110,11 @@ class Settings(BaseSettings):
         return v.lower()
 
     @field_validator(
-        "bounce_smtp_port", "sendgrid_webhook_public_key", "ses_topic_arns", mode="before"
+        "bounce_smtp_port",
+        "sendgrid_webhook_public_key",
+        "mailgun_webhook_signing_key",
+        "ses_topic_arns",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:

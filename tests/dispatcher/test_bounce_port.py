@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import aiosmtplib
@@ -16,11 +17,20 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.dispatcher.feedback.mail import read_bounce
+from services.dispatcher.feedback.models import FeedbackEvent
 from services.dispatcher.feedback.port import BouncePort
 from services.dispatcher.feedback.record import FeedbackRecorder
 from services.dispatcher.identity import MessageRef, MessageTags
 from services.dispatcher.letters import LetterDelivery
-from services.dispatcher.models import DELIVERED, FAILED, SENT, Delivery, DispatchAction, Outbox
+from services.dispatcher.models import (
+    DELIVERED,
+    FAILED,
+    SENT,
+    Delivery,
+    DigestDelivery,
+    DispatchAction,
+    Outbox,
+)
 from shared.events import utcnow
 from tests import feedback_samples as samples
 from tests.conftest import SECRET
@@ -219,3 +229,58 @@ async def test_mail_that_reports_nothing_is_accepted_and_dropped(port: Port) -> 
     await port.hand_on(samples.postfix_hard(forged, mid, ANA), to=forged)
     assert await status_of(port.sessionmaker, Delivery, row.id) == SENT
     assert await outbox(port.sessionmaker) == []
+
+
+async def test_a_bounced_digest_fails_every_alert_it_carried(port: Port) -> None:
+    subscriber = str(uuid.uuid4())
+    async with port.sessionmaker() as session, session.begin():
+        digest = DigestDelivery(
+            subscriber_id=subscriber, local_date=date(2026, 12, 2), status=SENT, items=2
+        )
+        session.add(digest)
+        await session.flush()
+        carried = [
+            Delivery(
+                action_id=str(uuid.uuid4()),
+                message_kind="alert",
+                subscriber_id=subscriber,
+                channel="email",
+                status=SENT,
+                attempts=1,
+                digest_id=digest.id,
+            )
+            for _ in range(2)
+        ]
+        session.add_all(carried)
+    ref = MessageRef.digest(digest.id)
+    verp = port.tags.envelope_sender(ref)
+    assert verp is not None
+    await port.hand_on(samples.gmail_dsn(verp, port.tags.message_id(ref), ANA), to=verp)
+
+    assert [await status_of(port.sessionmaker, Delivery, row.id) for row in carried] == [
+        FAILED,
+        FAILED,
+    ]
+    emitted = await outbox(port.sessionmaker)
+    assert sorted(body["action_id"] for key, body in emitted if key == "delivery.feedback") == (
+        sorted(row.action_id for row in carried)
+    )
+    [suppression] = [body for key, body in emitted if key == "recipient.suppressed"]
+    assert suppression["subscriber_id"] == subscriber
+
+
+async def test_a_bounced_confirmation_by_mail_suppresses_nobody(port: Port) -> None:
+    """A confirmation's row names no subscriber, and the address in a mailed report could be
+    anyone's: recorded, nothing suppressed (a signed ESP event would be believed)."""
+    ref = MessageRef.transactional(str(uuid.uuid4()))
+    verp = port.tags.envelope_sender(ref)
+    assert verp is not None
+    await port.hand_on(samples.postfix_hard(verp, port.tags.message_id(ref), ANA), to=verp)
+    assert await outbox(port.sessionmaker) == []
+    async with port.sessionmaker() as session:
+        [event] = (await session.execute(select(FeedbackEvent))).scalars().all()
+    assert (event.ledger, event.kind, event.status_code) == (
+        "transactional",
+        "hard_bounce",
+        "5.1.1",
+    )

@@ -604,3 +604,29 @@ async def test_the_real_gateway_fetches_only_from_sns_and_caches() -> None:
         assert asked == [CERT_URL]
     finally:
         await gateway.close()
+
+
+@pytest.mark.parametrize("empty", [None, ""], ids=["unset", "empty"])
+async def test_without_keys_every_webhook_refuses(
+    make_settings: Callable[..., Settings], empty: str | None
+) -> None:
+    """Nothing can prove who sent a call then; an empty Mailgun key would let anyone sign."""
+    settings = make_settings(
+        sendgrid_webhook_public_key=empty, mailgun_webhook_signing_key=empty, ses_topic_arns=empty
+    )
+    app = create_app(settings, sns=RecordingSns())  # no lifespan: nothing may be reached
+    body = json.dumps([sendgrid_event("bounce", email=ANA, smtp_id="<a@b>")]).encode()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        sendgrid = await client.post(
+            "/webhooks/email/sendgrid", content=body, headers=sendgrid_headers(body)
+        )
+        mailgun = await client.post(
+            "/webhooks/email/mailgun",
+            json=mailgun_payload(mailgun_failed("<a@b>"), key=""),
+        )
+        ses = await client.post(
+            "/webhooks/email/ses",
+            content=json.dumps(sns_message("Notification", Message="{}")),
+        )
+    assert [sendgrid.status_code, mailgun.status_code, ses.status_code] == [403, 403, 403]
