@@ -67,6 +67,14 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:40]
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _text(value: Any, limit: int = 400) -> str | None:
     return str(value)[:limit] if isinstance(value, (str, int)) and str(value) else None
 
@@ -200,7 +208,7 @@ def ses_feedback(notification: dict[str, Any], sns_message_id: str) -> list[Feed
     common = mail.get("commonHeaders")
     if isinstance(common, dict) and _text(common.get("messageId")):
         ids.append(str(common["messageId"]))
-    for header in mail.get("headers") or []:
+    for header in _list(mail.get("headers")):
         if isinstance(header, dict) and str(header.get("name", "")).lower() == "message-id":
             value = _text(header.get("value"))
             if value:
@@ -211,7 +219,7 @@ def ses_feedback(notification: dict[str, Any], sns_message_id: str) -> list[Feed
         bounce = notification.get("bounce")
         bounce = bounce if isinstance(bounce, dict) else {}
         permanent = bounce.get("bounceType") == "Permanent"
-        for recipient in bounce.get("bouncedRecipients") or []:
+        for recipient in _list(bounce.get("bouncedRecipients")):
             if isinstance(recipient, dict):
                 status = clean_status(_text(recipient.get("status")))
                 hard = permanent and status_class(status) != "4"
@@ -227,13 +235,13 @@ def ses_feedback(notification: dict[str, Any], sns_message_id: str) -> list[Feed
         complaint = complaint if isinstance(complaint, dict) else {}
         if complaint.get("complaintFeedbackType") == "not-spam":
             return []
-        for recipient in complaint.get("complainedRecipients") or []:
+        for recipient in _list(complaint.get("complainedRecipients")):
             if isinstance(recipient, dict):
                 found.append(("complaint", _text(recipient.get("emailAddress"), 320), None))
     elif kind_name == "Delivery":
         delivery = notification.get("delivery")
         delivery = delivery if isinstance(delivery, dict) else {}
-        for address in delivery.get("recipients") or []:
+        for address in _list(delivery.get("recipients")):
             found.append(("delivered", _text(address, 320), None))
     return [
         Feedback(
