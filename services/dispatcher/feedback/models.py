@@ -36,7 +36,7 @@ class FeedbackEvent(Base):
 
 
 class WebhookToken(Base):
-    """A Mailgun webhook token already used, and the event it came with."""
+    """A Mailgun webhook token already used (its SHA-256), and the event it came with."""
 
     __tablename__ = "dispatch_webhook_tokens"
 

@@ -181,19 +181,20 @@ async def _take_token(
     sessionmaker: async_sessionmaker[AsyncSession], token: str, event_key: str
 ) -> bool | None:
     """True: first use; None: used before for this very event (a retry); False: reused."""
+    token = hashlib.sha256(token.encode()).hexdigest()  # any length in, one fixed-size key
     async with sessionmaker() as session, session.begin():
         now = utcnow()
         await session.execute(delete(WebhookToken).where(WebhookToken.seen_at < now - _TOKEN_KEPT))
         module: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
         inserted = await session.execute(
             module.insert(WebhookToken)
-            .values(token=token[:128], event_key=event_key, seen_at=now)
+            .values(token=token, event_key=event_key, seen_at=now)
             .on_conflict_do_nothing(index_elements=["token"])
             .returning(WebhookToken.token)
         )
         if inserted.first() is not None:
             return True
-        seen = await session.get(WebhookToken, token[:128])
+        seen = await session.get(WebhookToken, token)
         return None if seen is not None and seen.event_key == event_key else False
 
 
