@@ -390,3 +390,49 @@ I am away until Monday.
 
 
 MALFORMED = b"\x00\xff\xfeNot a mail at all\r\n--\r\nContent-Type: multipart/report\r\n\r\n\x80\x81"
+
+
+def exchange_ndr(verp: str, message_id: str, recipient: str) -> bytes:
+    """Exchange 2003's non-delivery report (plain text, the original attached): flufl.bounce."""
+    boundary = "----_=_NextPart_001_01C8A3B2.6F2E4C10"
+    return _crlf(f"""
+Return-Path: <>
+From: System Administrator <postmaster@corp.example.net>
+To: {verp}
+Subject: Undeliverable: Urgent Action: journalist at risk of torture
+Date: Wed, 2 Dec 2026 04:20:11 +0000
+Message-ID: <E3B2A1C0D9F8E7D6C5B4A3921@EXCH01.corp.example.net>
+MIME-Version: 1.0
+X-MS-Has-Attach: yes
+Content-Type: multipart/mixed; boundary="{boundary}"
+
+This is a multi-part message in MIME format.
+
+--{boundary}
+Content-Type: text/plain; charset="iso-8859-1"
+Content-Transfer-Encoding: quoted-printable
+
+Your message
+
+  To:      {recipient}
+  Subject: Urgent Action: journalist at risk of torture
+  Sent:    Wed, 2 Dec 2026 04:20:08 +0000
+
+did not reach the following recipient(s):
+
+{recipient} on Wed, 2 Dec 2026 04:20:11 +0000
+    The e-mail account does not exist at the organization this message was
+sent to.  Check the e-mail address, or contact the recipient directly to
+find out the correct address.
+    <EXCH01.corp.example.net #5.1.1>
+
+MSEXCH:IMS:Corp:Main:EXCH01 0 (000C05A6) Unknown Recipient
+
+--{boundary}
+Content-Type: message/rfc822
+
+{_original(verp, message_id, recipient)}
+Please take action for the journalist: https://act.example.org/act/abc
+
+--{boundary}--
+""")

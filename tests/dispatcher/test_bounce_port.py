@@ -41,6 +41,7 @@ DSNS: dict[str, Callable[[str, str, str], bytes]] = {
     "postfix": samples.postfix_hard,
     "exim": samples.exim_dsn,
     "exim-plain": samples.exim_plain,
+    "exchange": samples.exchange_ndr,
     "gmail": samples.gmail_dsn,
 }
 
