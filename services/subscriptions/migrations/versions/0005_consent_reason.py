@@ -1,7 +1,7 @@
 """consent records say why when it was not the person's own choice (a spam complaint)
 
-Revision ID: 0004_consent_reason
-Revises: 0003_letters
+Revision ID: 0005_consent_reason
+Revises: 0004_token_expiry
 Create Date: 2026-12-02 04:40:00
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_consent_reason"
-down_revision: str | None = "0003_letters"
+revision: str = "0005_consent_reason"
+down_revision: str | None = "0004_token_expiry"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
