@@ -9,6 +9,7 @@ COPY shared ./shared
 COPY rendering ./rendering
 COPY services ./services
 COPY devtools ./devtools
+COPY uanet_cli ./uanet_cli
 RUN /opt/venv/bin/pip install .
 
 FROM python:3.11-slim

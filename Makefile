@@ -23,7 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared rendering services devtools
+	$(BIN)/mypy shared rendering services devtools uanet_cli
 
 # Not part of `make test`: a benchmark that prints figures (see README, Performance).
 bench-fanout: $(STAMP)

@@ -170,7 +170,7 @@ def settings_for(env: Mapping[str, str]) -> Settings:
 
 
 def service_command(service: str) -> list[str]:
-    return [sys.executable, "-c", "from shared.cli import main; main()", "serve", service]
+    return [sys.executable, "-c", "from uanet_cli.main import main; main()", "serve", service]
 
 
 # ---- the children ------------------------------------------------------------------------------
@@ -437,7 +437,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Run everything in the foreground: services, mail catcher, SMS outbox; Ctrl-C stops."""
-        from shared.cli import fail, migrate_all
+        from uanet_cli.common import fail, migrate_all
 
         try:
             plan, settings = prepare(os.environ)

@@ -17,7 +17,7 @@ from shared.settings import SERVICES
 from tests.support import SmtpRecorder, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-UANET = [sys.executable, "-c", "from shared.cli import main; main()"]
+UANET = [sys.executable, "-c", "from uanet_cli.main import main; main()"]
 ACCOUNT_SID = "AC" + "e2e0" * 8
 AUTH_TOKEN = "e2e-twilio-auth-token"
 

@@ -577,7 +577,7 @@ async def test_token_issue_and_revoke_write_events_in_the_outbox(sqlite_api: Api
 
 
 def test_users_create_reads_the_password_from_stdin(sqlite_publisher_url: str) -> None:
-    from shared.cli import _register_optional, app
+    from uanet_cli.main import _register_optional, app
 
     _register_optional()
     runner = CliRunner()

@@ -16,9 +16,9 @@ from services.publisher.audit import AuditConsumer
 from services.publisher.auth import create_api_token, hash_token
 from services.publisher.models import ApiToken, AuditEntry, Outbox
 from shared import events
-from shared.cli import app, parse_duration
 from shared.db import make_engine, make_sessionmaker, utcnow
 from tests.publisher.conftest import Api
+from uanet_cli.main import app, parse_duration
 
 
 @pytest.fixture

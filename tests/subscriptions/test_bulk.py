@@ -15,13 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from typer.testing import CliRunner, Result
 
-from services.subscriptions import cli
 from services.subscriptions.audience import resolve_audience
 from services.subscriptions.links import Links
 from services.subscriptions.models import Consent, Outbox, Subscriber, Suppression
 from shared.db import make_engine, make_sessionmaker
 from tests.conftest import SECRET
 from tests.subscriptions.conftest import PUBLIC_URL, action_published, known_action
+from uanet_cli import subscribers as cli
 
 HEADER = "email,phone,name,country,language,timezone,channels,themes,frequency\n"
 

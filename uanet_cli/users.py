@@ -36,8 +36,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Create a console account; the password is read from standard input."""
         from services.publisher.staff import StaffUserError, create_staff_user, normalize_email
-        from shared.cli import fail, settings_or_exit
         from shared.db import make_engine, make_sessionmaker
+        from uanet_cli.common import fail, settings_or_exit
 
         settings = settings_or_exit()
         try:
@@ -71,8 +71,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Revoke a console account: no more sign-ins, and its open sessions end."""
         from services.publisher.staff import StaffUserError, disable_staff_user
-        from shared.cli import fail, settings_or_exit
         from shared.db import make_engine, make_sessionmaker
+        from uanet_cli.common import fail, settings_or_exit
 
         settings = settings_or_exit()
 

@@ -8,9 +8,9 @@ import uuid
 from typer.testing import CliRunner, Result
 
 from shared import events
-from shared.cli import app
 from shared.messaging import Broker, Delivery, Reject, list_dead_letters
 from tests.shared.conftest import Recorder, eventually
+from uanet_cli.main import app
 
 QUEUE = "subscriptions.suppressions"
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-UANET = [sys.executable, "-c", "from shared.cli import main; main()"]
+UANET = [sys.executable, "-c", "from uanet_cli.main import main; main()"]
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

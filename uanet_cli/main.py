@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from aiormq.exceptions import AMQPError
@@ -17,7 +17,8 @@ from aiormq.exceptions import AMQPError
 # Typer carries its own copy of click; its usage errors are these classes.
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
-from shared.settings import SERVICES, Settings, SettingsError, load_settings
+from shared.settings import SERVICES, Settings, SettingsError
+from uanet_cli.common import fail, migrate_all, settings_or_exit
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="uanet: urgent-action alerts")
 token_app = typer.Typer(no_args_is_help=True, help="API tokens")
@@ -36,19 +37,6 @@ class Role(StrEnum):
     admin = "admin"
     staff = "staff"
     coordinator = "coordinator"
-
-
-def fail(message: str) -> NoReturn:
-    """One clear line on stderr, exit status 2 (contract §1)."""
-    typer.echo(f"uanet: {message}", err=True)
-    raise typer.Exit(2)
-
-
-def settings_or_exit(**overrides: Any) -> Settings:
-    try:
-        return load_settings(**overrides)
-    except SettingsError as exc:
-        fail(str(exc))
 
 
 @app.command()
@@ -75,13 +63,6 @@ def serve(service: ServiceName) -> None:
         proxy_headers=False,
         timeout_graceful_shutdown=5,
     )
-
-
-def migrate_all(settings: Settings) -> None:
-    from shared.migrations import upgrade
-
-    for service in SERVICES:
-        upgrade(service, settings.database_url(service))
 
 
 @app.command()
@@ -261,7 +242,7 @@ def dead_letters_replay(
 
 def _register_optional() -> None:
     """Commands that live with the code they drive (``uanet up``, users, subscribers)."""
-    for module in ("devtools.up", "services.publisher.cli", "services.subscriptions.cli"):
+    for module in ("devtools.up", "uanet_cli.users", "uanet_cli.subscribers"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

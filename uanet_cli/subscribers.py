@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.subscriptions import bulk
 from services.subscriptions.links import Links
-from shared.cli import fail, settings_or_exit
 from shared.db import make_engine, make_sessionmaker
 from shared.settings import SettingsError
 from shared.tokens import LinkSigner
+from uanet_cli.common import fail, settings_or_exit
 
 T = TypeVar("T")
 
