@@ -63,8 +63,10 @@ class Settings(BaseSettings):
     # Messages a second per channel and dispatcher process; 0 means no limit. SMS counts segments.
     email_rate: Rate = Decimal("200")
     sms_rate: Rate = Decimal("1")
-    # SMTP connections each dispatcher process keeps open and sends on at once.
+    # SMTP connections each dispatcher process keeps open and sends on at once (contract §6).
     smtp_concurrency: int = Field(16, ge=1, le=200)
+    # A connection is closed and another opened after this many messages; 0 means no limit.
+    smtp_messages_per_connection: int = Field(1000, ge=0)
     # Letters to officials (mail-to-target): most a minute to one target address, all
     # dispatcher processes together; the rest wait in a delay queue. 0 means no limit.
     letters_per_target_per_minute: int = Field(10, ge=0, le=10_000)
