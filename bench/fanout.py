@@ -3,7 +3,8 @@ processes, Postfix's ``smtp-sink`` on loopback. Prints publish -> first and last
 the rate, each service's peak memory, and the floor (aiosmtplib alone, same sink, same
 concurrency, pre-built messages) with the ratio of the two rates.
 
-    .venv/bin/python bench/fanout.py [-n 100000] [--postgres] [--concurrency 16]
+    .venv/bin/python bench/fanout.py [-n 100000] [--postgres] [--concurrency C]
+    .venv/bin/python bench/fanout.py -n 10000 --rtt-ms 20   # the relay 20 ms away (see below)
 
 Not a test (``make bench-fanout``). Needs RabbitMQ (and PostgreSQL with --postgres), like the tests.
 """
@@ -30,8 +31,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from devtools.latency_proxy import start_latency_proxy  # noqa: E402
 from devtools.twilio_fake import FakeTwilio  # noqa: E402
-from shared.settings import SERVICES  # noqa: E402
+from shared.settings import SERVICES, Settings  # noqa: E402
 from tests.e2e.stack import ACCOUNT_SID, AUTH_TOKEN, Stack, stack_environment  # noqa: E402
 from tests.faults.harness import ACTION  # noqa: E402
 from tests.support import SmtpRecorder, free_port  # noqa: E402
@@ -270,14 +272,115 @@ async def run(n: int, postgres: bool, concurrency: int, keep: bool) -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+async def run_distance(n: int, concurrency: int, rtt_ms: float, keep: bool) -> None:
+    """The relay far away: the same fan-out twice in one stack, through the latency proxy in
+    front of the sink, first at 0 ms (the proxy's own cost), then at ``rtt_ms`` (the proxy
+    restarted on the same port; the dispatcher reconnects). Prints both rates, their ratio,
+    the connections each run used (as the proxy saw them) and the floor."""
+    workdir = Path(tempfile.mkdtemp(prefix="uanet-bench-"))
+    vhost = f"uanet-bench-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    urls = {s: f"sqlite+aiosqlite:///{workdir / f'{s}.db'}" for s in SERVICES}
+    sink = SmtpSink(free_port())
+    relay_port = free_port()
+    proxy = start_latency_proxy(f"127.0.0.1:{sink.port}", 0, listen_port=relay_port)
+    twilio = FakeTwilio(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
+    await twilio.start()
+    ports = {s: free_port() for s in SERVICES}
+    env = stack_environment(
+        amqp_url=f"{AMQP_BASE}/{vhost}",
+        database_urls=urls,
+        smtp_port=relay_port,
+        twilio_base=twilio.base_url,
+        ports=ports,
+        secret="bench-secret-key",
+    )
+    env["UANET_SMTP_CONCURRENCY"] = str(concurrency)
+    stack = Stack(env=env, smtp=SmtpRecorder(), twilio=twilio, log_dir=workdir, ports=ports)
+    rates: dict[float, float] = {}
+    try:
+        if stack.cli("migrate").returncode != 0:
+            raise SystemExit("migrate failed")
+        await seed(stack, n, workdir)
+        for service in SERVICES:
+            stack.start(service)
+        for service in SERVICES:
+            await stack.wait_ready(service)
+        token = stack.cli("token", "create", "--role", "admin", "--name", "bench")
+        auth = {"Authorization": f"Bearer {token.stdout.strip().splitlines()[-1]}"}
+        api = stack.url("publisher") + "/api/v1/actions"
+        print(f"N = {n} per run, UANET_SMTP_CONCURRENCY {concurrency}, SQLite, through the proxy")
+        for run_index, rtt in enumerate((0.0, rtt_ms)):
+            if run_index:
+                proxy.stop()  # the dispatcher's connections drop; it reconnects through the new one
+                proxy = start_latency_proxy(f"127.0.0.1:{sink.port}", rtt, listen_port=relay_port)
+            before = sink.count
+            async with httpx.AsyncClient(timeout=60) as client:
+                body = {**ACTION, "channels": ["email"], "title": f"Far relay, run {run_index}"}
+                created = await client.post(api, json=body, headers=auth)
+                action_id = created.json()["id"]
+                published_at = time.monotonic()
+                response = await client.post(f"{api}/{action_id}/publish", headers=auth)
+                assert response.status_code == 200, response.text
+            first_at = await asyncio.to_thread(sink.wait_for, before + 1, 600)
+            last_at = await asyncio.to_thread(sink.wait_for, before + n, 900)
+            if first_at is None or last_at is None:
+                raise SystemExit(f"only {sink.count - before} of {n} arrived")
+            total = last_at - published_at
+            rates[rtt] = n / total
+            print(
+                f"RTT {rtt:g} ms: publish -> first {first_at - published_at:.2f}s, "
+                f"-> last {total:.2f}s, {rates[rtt]:.0f} messages/s, "
+                f"connections used {proxy.peak} at once ({proxy.total} opened)"
+            )
+        memory = {s: peak_memory_mb(p.pid) for s, p in stack.processes.items()}
+        floor_n = min(n, 50_000)
+        before = sink.count
+        floor = await floor_rate(sink.port, floor_n, concurrency, sample_message())
+        assert sink.wait_for(before + floor_n, 60) is not None
+        print(f"ratio {rtt_ms:g} ms / 0 ms: {rates[rtt_ms] / rates[0.0]:.2f}")
+        print(f"floor (aiosmtplib alone, loopback, no proxy, {floor_n} messages): {floor:.0f}/s")
+        print(
+            f"ratio to the floor: 0 ms {rates[0.0] / floor:.2f}, "
+            f"{rtt_ms:g} ms {rates[rtt_ms] / floor:.2f}"
+        )
+        print(f"lockstep bound at {rtt_ms:g} ms: {concurrency / (4 * rtt_ms / 1000):.0f}/s")
+        for service, mb in memory.items():
+            print(f"peak memory (VmHWM) {service}: {mb:.0f} MB")
+    finally:
+        stack.stop_all()
+        await twilio.stop()
+        proxy.stop()
+        sink.stop()
+        rabbitmqctl("delete_vhost", vhost)
+        if keep:
+            print(f"logs and databases kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=100_000, help="subscribers (default 100000)")
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
-    parser.add_argument("--concurrency", type=int, default=16, help="UANET_SMTP_CONCURRENCY")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=Settings.model_fields["smtp_concurrency"].default,
+        help="UANET_SMTP_CONCURRENCY (default: its default)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep logs and databases")
+    parser.add_argument(
+        "--rtt-ms",
+        type=float,
+        help="run the fan-out twice through the latency proxy, at 0 ms and at this round trip",
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.n, args.postgres, args.concurrency, args.keep))
+    if args.rtt_ms is not None:
+        asyncio.run(run_distance(args.n, args.concurrency, args.rtt_ms, args.keep))
+    else:
+        asyncio.run(run(args.n, args.postgres, args.concurrency, args.keep))
 
 
 if __name__ == "__main__":

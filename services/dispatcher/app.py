@@ -108,7 +108,9 @@ def create_app(
             email_rate=RateLimiter(settings.email_rate),
             sms_rate=RateLimiter(settings.sms_rate),
             notify=runtime.relay.notify,
-            concurrency=settings.smtp_concurrency,
+            # Two sends in flight per SMTP connection: one being answered, the next one's
+            # envelope pipelined behind its content (senders.SmtpEmailSender).
+            concurrency=2 * settings.smtp_concurrency,
             clock=clock,
             tags=tags,
         )

@@ -377,6 +377,10 @@ class SmtpEmailSender:
                         held.resolve(SendResult.temporary("internal"))
                 connection.abort()
                 return
+            if pending is not None and not self._jobs:
+                # The callers just answered are about to queue their next message: one turn
+                # of the loop lets it ride behind this content instead of a round trip later.
+                await asyncio.sleep(0)
             job, envelope = self._next_envelope(connection, self._more(connection))
 
     async def _lockstep(self, connection: SmtpConnection, first: _Job) -> None:
