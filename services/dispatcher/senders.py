@@ -126,7 +126,7 @@ class SmtpEmailSender:
             else messages_per_connection
         )
         self.tls_context = tls_context
-        # Connections opened so far (the benchmark and tests read it).
+        # Connections opened so far (tests read it).
         self.connections_opened = 0
         self._jobs: deque[_Job] = deque()
         self._idle: deque[asyncio.Future[None]] = deque()
@@ -262,6 +262,9 @@ class SmtpEmailSender:
                     await self._lockstep(connection, job)
                 if not connection.closed and self._exhausted(connection):
                     await connection.quit()
+        except Exception:
+            # A bug, not the relay: say so; the queued jobs go to another lane (_lane_done).
+            log.exception("SMTP lane failed")
         finally:
             if connection is not None:
                 if connection.closed:
