@@ -9,8 +9,11 @@ each TCP read, so a test can see which commands the sender wrote together.
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -395,3 +398,63 @@ async def test_auth_still_works(password: str, outcome: str) -> None:
     if outcome == "temporary":
         assert result.error_code == "smtp:535" and result.suppress is None
     assert len(smtp.to("ana@example.net")) == (1 if outcome == "sent" else 0)
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (openssl, as installed on the machine)."""
+    cert, key = tmp_path / "relay.pem", tmp_path / "relay.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_starttls_still_works_and_the_session_goes_on_encrypted(
+    certificate: tuple[Path, Path],
+) -> None:
+    # The transport aiosmtplib hands over is then its TLS transport: the transactions after it
+    # must go on encrypted, and the relay (requiring STARTTLS) accepts nothing in the clear.
+    cert, key = certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    client_context = ssl.create_default_context(cafile=str(cert))
+    smtp = SmtpRecorder()
+    port = free_port()
+    controller = Controller(
+        smtp, hostname="127.0.0.1", port=port, tls_context=server_context, require_starttls=True
+    )
+    controller.start()
+    try:
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None, smtp_host="127.0.0.1", smtp_port=port, smtp_starttls=True
+        )
+        sender = SmtpEmailSender(settings, pool_size=1, tls_context=client_context)
+        try:
+            results = [await sender.send(SENDER, "ana@example.net", message(i)) for i in range(3)]
+        finally:
+            await sender.close()
+    finally:
+        controller.stop()
+    assert [r.outcome for r in results] == ["sent"] * 3
+    assert len(smtp.to("ana@example.net")) == 3
+    assert sender.connections_opened == 1
