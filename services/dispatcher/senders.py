@@ -132,6 +132,7 @@ class SmtpEmailSender:
         self._idle: deque[asyncio.Future[None]] = deque()
         self._lanes: set[asyncio.Task[None]] = set()
         self._open_connections: set[SmtpConnection] = set()
+        self._opening = 0
         self._closing = False
 
     async def send(self, sender: str, recipient: str, message: bytes) -> SendResult:
@@ -224,8 +225,9 @@ class SmtpEmailSender:
         self._wake()
 
     def _anyone_connected(self) -> bool:
+        """Another connection is open or opening (the relay takes some of us)."""
         self._open_connections = {c for c in self._open_connections if not c.closed}
-        return bool(self._open_connections)
+        return bool(self._open_connections) or self._opening > 0
 
     # ---- a lane: one connection at a time -------------------------------------------------
 
@@ -239,8 +241,8 @@ class SmtpEmailSender:
                         connection = await self._open()
                     except RelayBusy:
                         # Too many connections: the others carry on, this lane waits. If no
-                        # connection is open at all, the relay is refusing us: the first
-                        # message comes back later rather than waiting here.
+                        # other connection is open or opening, the relay is refusing us: the
+                        # first message comes back later rather than waiting here.
                         if not self._anyone_connected() and (job := self._take()) is not None:
                             job.resolve(SendResult.temporary("smtp:421"))
                         await asyncio.sleep(min(BUSY_BACKOFF[0] * 2**busy, BUSY_BACKOFF[1]))
@@ -278,15 +280,19 @@ class SmtpEmailSender:
 
     async def _open(self) -> SmtpConnection:
         s = self.settings
-        connection = await SmtpConnection.open(
-            host=s.smtp_host,
-            port=s.smtp_port,
-            timeout=self.timeout,
-            start_tls=s.smtp_starttls,
-            username=s.smtp_username or None,
-            password=s.smtp_password.get_secret_value() if s.smtp_password else None,
-            tls_context=self.tls_context,
-        )
+        self._opening += 1
+        try:
+            connection = await SmtpConnection.open(
+                host=s.smtp_host,
+                port=s.smtp_port,
+                timeout=self.timeout,
+                start_tls=s.smtp_starttls,
+                username=s.smtp_username or None,
+                password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+                tls_context=self.tls_context,
+            )
+        finally:
+            self._opening -= 1
         self.connections_opened += 1
         self._open_connections.add(connection)
         return connection

@@ -52,6 +52,10 @@ class Relay:
     reply_for: dict[str, str] = field(default_factory=dict)
     # Answer 421 (and close) to the MAIL of the n-th transaction of the whole relay, 1-based.
     close_at_mail: set[int] = field(default_factory=set)
+    # More sessions at once than this are turned away with 421 at the greeting.
+    max_sessions: int | None = None
+    active: int = 0
+    turned_away: int = 0
     reads: list[list[str]] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     connections: int = 0
@@ -69,7 +73,13 @@ class Relay:
         await self._server.wait_closed()
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.max_sessions is not None and self.active >= self.max_sessions:
+            self.turned_away += 1
+            writer.write(b"421 4.7.0 relay.example.net Error: too many connections\r\n")
+            writer.close()
+            return
         self.connections += 1
+        self.active += 1
         writer.write(b"220 relay.example.net ESMTP\r\n")
         buffer = b""
         state: dict[str, object] = {"data": None, "mail": None, "rcpts": [], "options": []}
@@ -108,6 +118,7 @@ class Relay:
         except ConnectionError:
             pass
         finally:
+            self.active -= 1
             writer.close()
 
     def _answer(self, verb: str, line: str, state: dict[str, object]) -> bytes:
@@ -259,6 +270,16 @@ async def test_a_421_reconnects_and_no_message_fails_for_it(relay: Relay) -> Non
     # Each once: what was accepted before the 421 is not sent again on the new connection.
     assert sorted(m.rcpt_tos[0] for m in relay.received) == sorted(recipients)
     assert relay.connections == 2 and sender.connections_opened == 2
+
+
+async def test_connections_the_relay_turns_away_wait_and_no_message_fails(relay: Relay) -> None:
+    relay.max_sessions = 2
+    recipients = [f"m{i}@example.net" for i in range(30)]
+    sender = sender_for(relay.port, pool_size=5)
+    results = await send_all(sender, recipients)
+    assert [r.outcome for r in results] == ["sent"] * 30
+    assert relay.turned_away >= 1
+    assert sorted(m.rcpt_tos[0] for m in relay.received) == sorted(recipients)
 
 
 async def test_a_connection_is_renewed_after_its_message_limit(relay: Relay) -> None:
