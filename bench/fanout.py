@@ -151,7 +151,7 @@ def sample_message() -> bytes:
     from datetime import UTC, datetime
 
     from rendering.renderer import RecipientFill, Renderer
-    from services.dispatcher.handlers import _alert_text
+    from services.dispatcher.batches import _alert_text
     from services.dispatcher.models import DispatchAction
 
     renderer = Renderer(mail_from="Urgent Action Network <alerts@localhost>")

@@ -1,0 +1,64 @@
+"""The adapters the dispatcher's handlers share (``services.dispatcher.handlers.Dispatcher``
+adds what it consumes)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from rendering.renderer import Renderer
+from services.dispatcher.identity import MessageRef, MessageTags
+from services.dispatcher.schedule import Clock, system_clock
+from services.dispatcher.senders import EmailSender, SmsSender
+from services.dispatcher.throttle import RateLimiter
+
+
+@dataclass
+class Adapters:
+    """What every handler of the dispatcher works with: the database, the two ways out, the
+    renderer, the rate limits, the clock and the message tags; and whether it is stopping."""
+
+    sessionmaker: async_sessionmaker[AsyncSession]
+    email: EmailSender
+    sms: SmsSender
+    renderer: Renderer
+    email_rate: RateLimiter
+    sms_rate: RateLimiter
+    # Wakes the outbox relay after a commit.
+    notify: Callable[[], None] = lambda: None
+    # Sends in flight per batch (the SMTP pool bounds the whole process): UANET_SMTP_CONCURRENCY.
+    concurrency: int = 16
+    # "Now" for quiet hours and digests (tests set it); leases and stamps use the real time.
+    clock: Clock = system_clock
+    # Message-IDs and VERP senders (the app passes the secret and UANET_BOUNCE_ADDRESS).
+    tags: MessageTags | None = None
+
+    # Set on SIGTERM: no new batch, no new send; what is in flight finishes and is recorded.
+    stopping: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        if self.tags is None:
+            self.tags = MessageTags(None, domain=self.renderer.message_id_domain)
+
+    def stop_taking_work(self) -> None:
+        """A graceful stop begins: sends under way finish and are recorded; the recipients not
+        yet sent to go back to the ledger (and their batch to the queue) for the next process."""
+        self.stopping = True
+
+    @property
+    def message_tags(self) -> MessageTags:
+        assert self.tags is not None  # set in __post_init__
+        return self.tags
+
+    def envelope_for(self, ref: MessageRef) -> str:
+        """MAIL FROM of this message: its VERP address, else the address of UANET_MAIL_FROM."""
+        return self.message_tags.envelope_sender(ref) or self.envelope_sender
+
+    @functools.cached_property
+    def envelope_sender(self) -> str:
+        # Parsed once: parseaddr per message was a visible share of the send path.
+        return parseaddr(self.renderer.mail_from)[1] or self.renderer.mail_from
