@@ -28,7 +28,8 @@ from devtools.twilio_fake import FakeTwilio  # noqa: E402
 from rendering.renderer import Renderer  # noqa: E402
 from rendering.segments import segment_count, sms_size  # noqa: E402
 from services.dispatcher.handlers import Dispatcher  # noqa: E402
-from services.dispatcher.senders import SmtpEmailSender, TwilioSmsSender  # noqa: E402
+from services.dispatcher.senders import TwilioSmsSender  # noqa: E402
+from services.dispatcher.smtp_sender import SmtpEmailSender  # noqa: E402
 from services.dispatcher.throttle import RateLimiter  # noqa: E402
 from shared.db import make_engine, make_sessionmaker  # noqa: E402
 from shared.events import (  # noqa: E402

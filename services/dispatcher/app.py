@@ -22,7 +22,8 @@ from services.dispatcher.models import Outbox
 from services.dispatcher.reporting import REPORT_INTERVAL, DeliveryReportCompactor
 from services.dispatcher.schedule import Clock, system_clock
 from services.dispatcher.scheduler import Scheduler
-from services.dispatcher.senders import EmailSender, SmsSender, SmtpEmailSender, TwilioSmsSender
+from services.dispatcher.senders import EmailSender, SmsSender, TwilioSmsSender
+from services.dispatcher.smtp_sender import SmtpEmailSender
 from services.dispatcher.throttle import RateLimiter
 from shared.events import (
     ActionClosed,
@@ -109,7 +110,7 @@ def create_app(
             sms_rate=RateLimiter(settings.sms_rate),
             notify=runtime.relay.notify,
             # Two sends in flight per SMTP connection: one being answered, the next one's
-            # envelope pipelined behind its content (senders.SmtpEmailSender).
+            # envelope pipelined behind its content (smtp_sender.SmtpEmailSender).
             concurrency=2 * settings.smtp_concurrency,
             clock=clock,
             tags=tags,

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.dispatcher.letters import RATE_WAIT, LetterDelivery, LetterDispatcher
 from services.dispatcher.models import Outbox
-from services.dispatcher.senders import SmtpEmailSender
+from services.dispatcher.smtp_sender import SmtpEmailSender
 from services.dispatcher.throttle import RateLimiter
 from shared.events import ActionClosed, ActionTargetsChanged, LetterRequested, Target
 from shared.messaging import Delivery as AmqpDelivery

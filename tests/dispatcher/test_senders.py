@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from devtools.twilio_fake import FakeTwilio
-from services.dispatcher.senders import SmtpEmailSender, TwilioSmsSender
+from services.dispatcher.senders import TwilioSmsSender
+from services.dispatcher.smtp_sender import SmtpEmailSender
 from shared.settings import Settings
 from tests.support import SmtpRecorder, free_port
 

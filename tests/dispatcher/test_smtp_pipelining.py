@@ -19,7 +19,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from services.dispatcher.senders import SendResult, SmtpEmailSender
+from services.dispatcher.senders import SendResult
+from services.dispatcher.smtp_sender import SmtpEmailSender
 from shared.settings import Settings
 from tests.support import SmtpRecorder, free_port
 
