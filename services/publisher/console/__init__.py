@@ -1,0 +1,67 @@
+"""The staff console and the coordinators' dashboard (contract §3, "The console").
+
+Who sees what: every signed-in role (staff, coordinator, admin) may read the actions, their
+previews, their live counts and the overview, because staff follow the actions they wrote.
+Composing, editing, publishing, follow-ups and closing are for staff and admin, as in the API.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+
+from services.publisher.console import action_page, audit_log, compose, index, signin
+from services.publisher.console.common import (
+    CSP,
+    HERE,
+    ConsoleError,
+    SignInRequired,
+    render,
+    see_other,
+)
+from services.publisher.sessions import SessionSigner, signed_in_user
+from services.publisher.staff import SignInThrottle
+
+# Every page of the console, in one router (the authorization matrix walks its routes).
+router = APIRouter(include_in_schema=False)
+for _page in (signin, index, compose, action_page, audit_log):
+    router.include_router(_page.router)
+
+
+class ContentSecurityPolicy(BaseHTTPMiddleware):
+    """Every page the console serves gets a self-only policy unless its route chose one."""
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        response = await call_next(request)
+        if not request.url.path.startswith("/api/"):
+            response.headers.setdefault("Content-Security-Policy", CSP)
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+            response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
+
+def install_console(app: FastAPI) -> None:
+    app.state.session_signer = SessionSigner(app.state.settings)
+    app.state.sign_in_throttle = SignInThrottle()
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.add_middleware(ContentSecurityPolicy)
+
+    @app.exception_handler(ConsoleError)
+    async def console_error(request: Request, exc: ConsoleError) -> Response:
+        user = await signed_in_user(request)
+        return render(
+            request,
+            "error.html.j2",
+            {"title": exc.title, "message": exc.message},
+            status=exc.status,
+            user=user,
+        )
+
+    @app.exception_handler(SignInRequired)
+    async def sign_in_required(request: Request, exc: SignInRequired) -> Response:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return see_other("/login?next=" + quote(target, safe=""))

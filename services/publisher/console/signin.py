@@ -1,0 +1,72 @@
+"""Signing in (throttled, contract §7) and out."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from services.publisher.console.common import (
+    database_of,
+    read_form,
+    render,
+    safe_next,
+    see_other,
+)
+from services.publisher.sessions import (
+    ConsoleSession,
+    signed_in_user,
+    write_session,
+)
+from services.publisher.staff import SignInThrottle, check_sign_in
+from shared.web import client_address
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/login")
+async def login_page(request: Request, next: str = "/") -> Response:
+    if await signed_in_user(request) is not None:
+        return see_other(safe_next(next))
+    return render(request, "login.html.j2", {"next": safe_next(next), "error": None, "email": ""})
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    form = await read_form(request)
+    email = form.get("email")
+    password = form.get("password")
+    email = email[:320] if isinstance(email, str) else ""
+    password = password if isinstance(password, str) else ""
+    target = safe_next(form.get("next"))
+    throttle: SignInThrottle = request.app.state.sign_in_throttle
+    address = client_address(request, request.app.state.settings.trusted_proxy_set)
+    failed_context = {"next": target, "email": email}
+    if throttle.blocked(email=email, address=address):
+        return render(
+            request,
+            "login.html.j2",
+            {**failed_context, "error": "Too many failed attempts. Wait a few minutes."},
+            status=429,
+        )
+    async with database_of(request).read() as session:
+        user = await check_sign_in(session, email=email, password=password)
+    if user is None:
+        throttle.failed(email=email, address=address)
+        return render(
+            request,
+            "login.html.j2",
+            {**failed_context, "error": "That email and password do not match an account."},
+            status=401,
+        )
+    throttle.succeeded(email=email)
+    response = see_other(target)
+    # A new session on sign-in: a token planted before it (session fixation) is worthless.
+    write_session(request, response, ConsoleSession.fresh(user.id))
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    await read_form(request)
+    response = see_other("/login")
+    write_session(request, response, ConsoleSession.fresh())
+    return response
