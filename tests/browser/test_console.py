@@ -4,34 +4,23 @@ report arrives through the real broker. Screenshots of each page go to ``test-ar
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from services.publisher.app import create_app
 from services.publisher.staff import create_staff_user
 from shared import events
 from shared.messaging import Broker
+from tests.browser.conftest import NEEDS_CHROMIUM, serving
 from tests.publisher.conftest import migrated, publisher_settings
 from tests.publisher.console_support import PASSWORD
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+pytestmark = NEEDS_CHROMIUM
 
 
 @dataclass
@@ -49,31 +38,8 @@ async def console(tmp_path: Path, amqp_url: str) -> AsyncIterator[Console]:
         await create_staff_user(
             sessionmaker, email=f"{role}@example.org", role=role, password=PASSWORD
         )
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            await asyncio.sleep(0.02)
-        await app.state.runtime.wait_started()  # consuming publisher.tally on the real broker
-        port = server.servers[0].sockets[0].getsockname()[1]
+    async with serving(app) as port:  # consuming publisher.tally on the real broker
         yield Console(f"http://127.0.0.1:{port}", amqp_url)
-    finally:
-        server.should_exit = True
-        await task
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 async def new_page(browser: Browser, problems: list[str]) -> Page:

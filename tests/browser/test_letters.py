@@ -11,10 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 
 from shared.settings import SERVICES
-from tests.browser.test_subscriber_pages import CHROMIUM, CHROMIUM_ARGS, every_field_is_labelled
+from tests.browser.conftest import NEEDS_CHROMIUM
+from tests.browser.test_subscriber_pages import every_field_is_labelled
 from tests.conftest import SECRET
 from tests.e2e.letters_flow import (
     JUDGE,
@@ -28,7 +29,7 @@ from tests.e2e.letters_flow import (
 from tests.e2e.stack import Stack, close_stack, open_stack
 from tests.support import eventually
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+pytestmark = NEEDS_CHROMIUM
 
 
 @pytest.fixture
@@ -41,18 +42,6 @@ async def stack(amqp_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
         yield running
     finally:
         await close_stack(running)
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 async def test_a_subscriber_sends_her_letter_and_staff_see_it_counted(

@@ -4,7 +4,6 @@ sign-up page in Arabic, right to left, with its errors. Screenshots go to ``test
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,27 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.subscriptions.app import create_app
 from services.subscriptions.models import Outbox, Subscriber
+from tests.browser.conftest import NEEDS_CHROMIUM, serving
 from tests.subscriptions.conftest import migrated, service_settings
 from tests.support import eventually, free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+pytestmark = NEEDS_CHROMIUM
 
 
 @dataclass
@@ -47,30 +36,8 @@ async def site(tmp_path: Path, amqp_url: str) -> AsyncIterator[Site]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     app = create_app(service_settings(database, amqp_url=amqp_url, public_url=url))
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            await asyncio.sleep(0.02)
-        await app.state.runtime.wait_started()  # the outbox goes to the real broker
+    async with serving(app, port):  # the outbox goes to the real broker
         yield Site(url, app.state.runtime.sessionmaker)
-    finally:
-        server.should_exit = True
-        await task
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 async def new_page(browser: Browser, locale: str = "en-GB") -> Page:
