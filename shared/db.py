@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import DateTime, Index, String, Text, delete, event, func, select, text, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -55,6 +57,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+# See make_engine: how long a pooled PostgreSQL connection may sit unused and still be taken
+# without a ping.
+IDLE_BEFORE_PING = 10.0
+_IDLE_SINCE = "uanet_idle_since"
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
@@ -95,9 +103,33 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_async_engine(
-        url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True, **kwargs
-    )
+    engine = create_async_engine(url, pool_size=10, max_overflow=10, hide_parameters=True, **kwargs)
+
+    # Pre-ping only a connection that sat in the pool a while: SQLAlchemy's pool_pre_ping costs
+    # three round trips at every checkout on asyncpg (BEGIN, a query, ROLLBACK), as much as the
+    # dispatcher's whole commit of outcomes. One back within IDLE_BEFORE_PING seconds was fine
+    # then; if the server dropped it since, the statement fails as a disconnect, SQLAlchemy
+    # drops the pool's connections, and the caller's retry gets a new one.
+    @event.listens_for(engine.sync_engine, "connect")
+    def _fresh(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _returned(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is not None and time.monotonic() - since < IDLE_BEFORE_PING:
+            return
+        try:
+            dbapi_conn.ping()
+        except Exception as error:
+            # The pool discards it and checks out another (or connects anew).
+            raise DisconnectionError("connection lost while idle in the pool") from error
+
+    return engine
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -8,13 +8,30 @@ holds right now are reported as busy, so the caller retries the batch later inst
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, or_, select, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Integer,
+    String,
+    Table,
+    and_,
+    bindparam,
+    column,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,7 +44,7 @@ from services.dispatcher.models import (
     Delivery,
     Outbox,
 )
-from shared.db import utcnow
+from shared.db import UTCDateTime, utcnow
 from shared.events import Recipient, RecipientSuppressed
 
 # How long a ``sending`` claim is honoured without renewal. The handling that holds it renews it
@@ -46,9 +63,109 @@ _IN_CHUNK = 500
 Key = tuple[str, str]  # (subscriber_id, channel)
 
 # The outcome of one claimed row, by id (Core executemany: the ORM's bulk update by primary key
-# spent more time building parameters than the database spent writing).
+# spent more time building parameters than the database spent writing). SQLite's way: there an
+# executemany is a loop in C over one prepared statement, with no round trip to pay.
 _deliveries = cast(Table, Delivery.__table__)
 RECORD_OUTCOME = update(_deliveries).where(_deliveries.c.id == bindparam("row_id"))
+_KEY = ["action_id", "message_kind", "subscriber_id", "channel"]
+
+# PostgreSQL's way: one statement for a whole batch's claims or a whole commit's outcomes, the
+# rows passed as arrays and turned back into rows by unnest. An executemany there is one
+# statement execution per row (parse of the parameters, a plan, an index lookup each), which
+# made the dispatcher's writes cost half again as much as on SQLite.
+_claimed = (
+    func.unnest(
+        bindparam("subscriber_ids", type_=postgresql.ARRAY(String)),
+        bindparam("channels", type_=postgresql.ARRAY(String)),
+    )
+    .table_valued(column("subscriber_id", String), column("channel", String))
+    .render_derived(name="wanted")
+)
+_claim_insert = postgresql.insert(_deliveries).from_select(
+    [*_KEY, "status", "claim_token", "attempts", "created_at", "updated_at"],
+    select(
+        bindparam("action_id", type_=String),
+        bindparam("message_kind", type_=String),
+        _claimed.c.subscriber_id,
+        _claimed.c.channel,
+        literal(SENDING),
+        bindparam("token", type_=String),
+        literal(1),
+        bindparam("now", type_=UTCDateTime),
+        bindparam("now", type_=UTCDateTime),
+    )
+    # Key order, like every other writer of these rows: no lock-order deadlock.
+    .order_by(_claimed.c.subscriber_id, _claimed.c.channel),
+)
+# New rows are inserted; one left ``retry`` or abandoned ``sending`` (lease run out) is taken
+# back; any other is left alone. RETURNING names the rows this handling now owns.
+CLAIM_PG = _claim_insert.on_conflict_do_update(
+    index_elements=_KEY,
+    set_={
+        "status": SENDING,
+        "claim_token": _claim_insert.excluded.claim_token,
+        "attempts": _deliveries.c.attempts + 1,
+        "updated_at": _claim_insert.excluded.updated_at,
+    },
+    where=or_(
+        _deliveries.c.status == RETRY,
+        and_(
+            _deliveries.c.status == SENDING,
+            _deliveries.c.updated_at < bindparam("stale", type_=UTCDateTime),
+        ),
+    ),
+).returning(_deliveries.c.id, _deliveries.c.subscriber_id, _deliveries.c.channel)
+
+# (column, element type) of each array, in the order of the parameters of ``RECORD_OUTCOME``.
+_Stamp = postgresql.TIMESTAMP(timezone=True)
+_OUTCOME_COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("row_id", BigInteger),
+    ("status", String),
+    ("claim_token", String),
+    ("updated_at", _Stamp),
+    ("error_code", String),
+    ("segments", Integer),
+    ("provider_message_id", String),
+    ("sent_at", _Stamp),
+    ("not_before", _Stamp),
+    # JSON as text: an array of json would need a codec on every connection.
+    ("held", String),
+)
+_outcomes = (
+    func.unnest(*(bindparam(name, type_=postgresql.ARRAY(kind)) for name, kind in _OUTCOME_COLUMNS))
+    .table_valued(*(column(name, kind) for name, kind in _OUTCOME_COLUMNS))
+    .render_derived(name="outcome")
+)
+RECORD_OUTCOMES_PG = (
+    update(_deliveries)
+    .where(_deliveries.c.id == _outcomes.c.row_id)
+    .values(
+        {
+            name: sql_cast(_outcomes.c[name], JSON) if name == "held" else _outcomes.c[name]
+            for name, _ in _OUTCOME_COLUMNS[1:]
+        }
+    )
+)
+
+
+def _is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+async def record_outcomes(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Write outcomes of claimed rows, in id order: dicts of ``row_id`` and the columns it sets
+    (those of ``_OUTCOME_COLUMNS``, the same keys in every row)."""
+    if not rows:
+        return
+    if not _is_postgres(session):
+        await session.execute(RECORD_OUTCOME, rows)
+        return
+    arrays: dict[str, list[Any]] = {name: [] for name, _ in _OUTCOME_COLUMNS}
+    for row in rows:
+        for name, values in arrays.items():
+            values.append(row[name])
+    arrays["held"] = [None if held is None else json.dumps(held) for held in arrays["held"]]
+    await session.execute(RECORD_OUTCOMES_PG, arrays)
 
 
 def key_of(recipient: Recipient) -> Key:
@@ -110,6 +227,25 @@ async def claim(
         return result  # everyone held (quiet hours, digest); an empty executemany would insert
     wanted = {key_of(r) for r in recipients}
     subscriber_ids = sorted({k[0] for k in wanted})
+    if _is_postgres(session):
+        keys = sorted(wanted)
+        taken = await session.execute(
+            CLAIM_PG,
+            {
+                "action_id": action_id,
+                "message_kind": message_kind,
+                "token": token,
+                "now": now,
+                "stale": now - CLAIM_LEASE,
+                "subscriber_ids": [sid for sid, _ in keys],
+                "channels": [channel for _, channel in keys],
+            },
+        )
+        result.mine = {(sid, channel): row_id for row_id, sid, channel in taken.all()}
+        if len(result.mine) < len(wanted):
+            # A redelivered batch or one handled twice at once: what is the rest doing?
+            await _count_others(session, action_id, message_kind, wanted, result)
+        return result
     for ids in _chunks(subscriber_ids):
         scope = and_(
             Delivery.action_id == action_id,
@@ -149,7 +285,15 @@ async def claim(
     # which cost more than the database work. A row that exists already (any state) is left as
     # it is.
     await session.execute(_insert_new(session), new_rows)
-    for ids in _chunks(subscriber_ids):
+    await _count_others(session, action_id, message_kind, wanted, result)
+    return result
+
+
+async def _count_others(
+    session: AsyncSession, action_id: str, message_kind: str, wanted: set[Key], claim: Claim
+) -> None:
+    """Sort the ``wanted`` rows into the claim's own, those held elsewhere and those done."""
+    for ids in _chunks(sorted({k[0] for k in wanted})):
         found = await session.execute(
             select(
                 Delivery.id,
@@ -167,13 +311,12 @@ async def claim(
             key = (sid, channel)
             if key not in wanted:
                 continue
-            if row_token == token and status == SENDING:
-                result.mine[key] = row_id
+            if row_token == claim.token and status == SENDING:
+                claim.mine[key] = row_id
             elif status == SENDING:
-                result.busy += 1
+                claim.busy += 1
             else:
-                result.done += 1
-    return result
+                claim.done += 1
 
 
 @dataclass(frozen=True)

@@ -357,7 +357,7 @@ async def _record(
     async with dispatcher.sessionmaker() as session, session.begin():
         # In id order, like every other writer: no lock-order deadlock on PostgreSQL.
         updates.sort(key=lambda row: int(row["row_id"]))
-        await session.execute(ledger.RECORD_OUTCOME, updates)
+        await ledger.record_outcomes(session, updates)
         for channel, (sent, failed) in sorted(counts.items()):
             if sent or failed:
                 session.add(

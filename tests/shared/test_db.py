@@ -10,11 +10,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Integer, select
+from sqlalchemy import Integer, select, text
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+import shared.db
 from shared import events
 from shared.db import (
     OutboxMixin,
@@ -272,3 +273,26 @@ async def test_utc_datetime_round_trips_aware_datetimes_on_sqlite(tmp_path: Path
                 session.add(Stamp(id=3, at=datetime(2024, 1, 1)))
     finally:
         await engine.dispose()
+
+
+async def test_a_pooled_postgres_connection_dropped_while_idle_is_replaced(
+    pg_database: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ping for a connection just returned to the pool; one idle longer is pinged, and
+    replaced when the server dropped it meanwhile."""
+    url = pg_database()
+    engine, admin = make_engine(url), make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            first = await conn.scalar(text("SELECT pg_backend_pid()"))
+        async with engine.connect() as conn:  # just back: taken as it is
+            assert await conn.scalar(text("SELECT pg_backend_pid()")) == first
+        async with admin.connect() as conn:
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+        monkeypatch.setattr(shared.db, "IDLE_BEFORE_PING", 0.0)
+        async with engine.connect() as conn:
+            again = await conn.scalar(text("SELECT pg_backend_pid()"))
+        assert again is not None and again != first
+    finally:
+        await engine.dispose()
+        await admin.dispose()
