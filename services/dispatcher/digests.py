@@ -250,7 +250,13 @@ async def _claim(session: AsyncSession, subscriber_id: str, now: datetime) -> _C
             await session.execute(
                 update(Delivery)
                 .where(Delivery.id == row_id)
-                .values(status=CANCELLED, held=None, error_code="unreadable", updated_at=utcnow())
+                .values(
+                    status=CANCELLED,
+                    held=None,
+                    not_before=None,
+                    error_code="unreadable",
+                    updated_at=utcnow(),
+                )
             )
             continue
         due.append(_Item(row_id, action_id, recipient))
@@ -375,6 +381,7 @@ async def _record(
             status=final,
             claim_token=None,
             held=None,
+            not_before=None,
             error_code=result.error_code,
             sent_at=stamp if sent else None,
             updated_at=stamp,

@@ -427,6 +427,7 @@ async def take_back_held(session: AsyncSession, *, now: datetime | None = None) 
     outcome = await session.execute(
         update(Delivery)
         .where(
+            Delivery.not_before.is_not(None),  # held rows keep their due time while sent
             Delivery.status == SENDING,
             Delivery.held.is_not(None),
             Delivery.digest_id.is_(None),
@@ -488,7 +489,7 @@ async def cancel_claimed(session: AsyncSession, *, token: str) -> list[str]:
     outcome = await session.execute(
         update(Delivery)
         .where(Delivery.claim_token == token, Delivery.status == SENDING)
-        .values(status=CANCELLED, claim_token=None, held=None, updated_at=utcnow())
+        .values(status=CANCELLED, claim_token=None, held=None, not_before=None, updated_at=utcnow())
         .returning(Delivery.channel)
         .execution_options(synchronize_session=False)
     )
@@ -538,7 +539,7 @@ async def cancel(
                 Delivery.subscriber_id.in_(ids),
                 Delivery.status.in_((RETRY, *HELD_STATES)),
             )
-            .values(status=CANCELLED, claim_token=None, held=None, updated_at=now)
+            .values(status=CANCELLED, claim_token=None, held=None, not_before=None, updated_at=now)
             .execution_options(synchronize_session=False)
         )
         cancelled += _rowcount(outcome)
@@ -551,11 +552,14 @@ async def cancel_pending_for_action(session: AsyncSession, action_id: str) -> in
     outcome = await session.execute(
         update(Delivery)
         .where(
+            # Every row that waits has a due time: the index of waiting rows, not the action's
+            # whole fan-out.
+            Delivery.not_before.is_not(None),
             Delivery.action_id == action_id,
             Delivery.message_kind != "closed",
             Delivery.status.in_((RETRY, *HELD_STATES)),
         )
-        .values(status=CANCELLED, claim_token=None, held=None, updated_at=utcnow())
+        .values(status=CANCELLED, claim_token=None, held=None, not_before=None, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     return _rowcount(outcome)
@@ -570,7 +574,7 @@ async def forget_subscriber(session: AsyncSession, subscriber_id: str) -> None:
             Delivery.subscriber_id == subscriber_id,
             Delivery.status.in_((RETRY, *HELD_STATES)),
         )
-        .values(status=CANCELLED, claim_token=None, held=None, updated_at=utcnow())
+        .values(status=CANCELLED, claim_token=None, held=None, not_before=None, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     await session.execute(

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -26,6 +27,9 @@ from shared.db import OutboxMixin, ProcessedMessageMixin, UTCDateTime, utcnow
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit id for big fan-outs.
 LedgerId = BigInteger().with_variant(Integer(), "sqlite")
+
+# Room left on each ledger page for the new version of its rows when their outcome is written.
+LEDGER_FILLFACTOR = 80
 
 ACTION_OPEN = "open"
 ACTION_CLOSED = "closed"
@@ -104,8 +108,17 @@ class Delivery(Base):
             "action_id", "message_kind", "subscriber_id", "channel", name="uq_dispatch_delivery"
         ),
         Index("ix_dispatch_deliveries_subscriber", "subscriber_id"),
-        # The scheduler's page query: held rows by due time.
-        Index("ix_dispatch_deliveries_due", "status", "not_before"),
+        # The rows that wait (held, or left ``retry``) by due time: the scheduler's pages, and
+        # what a close or a lease check looks for. Partial and on no column a send changes: the
+        # outcome of a row sent at once touches no index (on PostgreSQL a HOT update, written
+        # in place on its page, which the fillfactor leaves room for).
+        Index(
+            "ix_dispatch_deliveries_waiting",
+            "not_before",
+            sqlite_where=text("not_before IS NOT NULL"),
+            postgresql_where=text("not_before IS NOT NULL"),
+        ),
+        {"postgresql_with": {"fillfactor": LEDGER_FILLFACTOR}},
     )
 
     id: Mapped[int] = mapped_column(LedgerId, primary_key=True, autoincrement=True)
@@ -126,6 +139,7 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     receipt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # A held row (``scheduled`` or ``digest``): when it is due, and the recipient to send it to.
+    # A ``retry`` row: since when it waits for its batch. NULL once the row is final.
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # SQL NULL, not JSON null, once cleared: "IS NOT NULL" finds the rows still holding one.
     held: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)

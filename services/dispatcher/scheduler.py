@@ -235,5 +235,11 @@ async def _drop_unreadable(session: AsyncSession, row_id: int) -> None:
     await session.execute(
         update(Delivery)
         .where(Delivery.id == row_id)
-        .values(status=CANCELLED, held=None, error_code="unreadable", updated_at=utcnow())
+        .values(
+            status=CANCELLED,
+            held=None,
+            not_before=None,
+            error_code="unreadable",
+            updated_at=utcnow(),
+        )
     )

@@ -340,7 +340,8 @@ async def _record(
             }
             metrics.RETRIED.labels(recipient.channel).inc()
         else:
-            row["status"] = RETRY
+            # With a due time, like every row that waits: a close finds it by its index.
+            row |= {"status": RETRY, "not_before": now}
             temporary[recipient.channel] += 1
             metrics.RETRIED.labels(recipient.channel).inc()
         updates.append(row)
