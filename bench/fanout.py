@@ -41,6 +41,7 @@ from tests.support import SmtpRecorder, free_port  # noqa: E402
 AMQP_BASE = os.environ.get("UANET_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 PG_ADMIN_DSN = os.environ.get("UANET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 COUNTER = re.compile(rb"mesg=(\d+)")
+MARK = 100_000
 
 
 class SmtpSink:
@@ -51,6 +52,8 @@ class SmtpSink:
         self.port = port
         self.count = 0
         self.first_at: float | None = None
+        # When the count first reached each multiple of ``MARK`` (the rate along the way).
+        self.marks: dict[int, float] = {}
         self.changed = threading.Condition()
         binary = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
         if not Path(binary).exists():
@@ -79,6 +82,7 @@ class SmtpSink:
                     count = int(found[-1])
                     if count and self.first_at is None:
                         self.first_at = now
+                    self.marks.setdefault(count // MARK * MARK, now)
                     self.count = count
                     self.changed.notify_all()
 
@@ -273,6 +277,15 @@ async def run(n: int, postgres: bool, concurrency: int, keep: bool) -> None:
         print(f"rate: {rate:.0f} messages/s")
         print(f"floor (aiosmtplib alone, pre-built, {floor_n} messages): {floor:.0f} messages/s")
         print(f"ratio: {rate / floor:.2f} of the floor")
+        if n > MARK and n % MARK == 0:
+            # Is the cost per message flat as the fan-out grows? The first and the last MARK.
+            first_mark = sink.marks[MARK] - published_at
+            last_mark = last_at - sink.marks[n - MARK]
+            for label, seconds in (("first", first_mark), ("last", last_mark)):
+                print(
+                    f"{label} {MARK}: {seconds:.1f}s, {MARK / seconds:.0f} messages/s, "
+                    f"ratio {MARK / seconds / floor:.2f}"
+                )
         for service, mb in memory.items():
             print(f"peak memory (VmHWM) {service}: {mb:.0f} MB")
         for service, seconds in cpu.items():

@@ -67,7 +67,7 @@ Key = tuple[str, str]  # (subscriber_id, channel)
 # executemany is a loop in C over one prepared statement, with no round trip to pay.
 _deliveries = cast(Table, Delivery.__table__)
 RECORD_OUTCOME = update(_deliveries).where(_deliveries.c.id == bindparam("row_id"))
-_KEY = ["action_id", "message_kind", "subscriber_id", "channel"]
+_KEY = ["subscriber_id", "action_id", "message_kind", "channel"]  # uq_dispatch_delivery
 
 # PostgreSQL's way: one statement for a whole batch's claims or a whole commit's outcomes, the
 # rows passed as arrays and turned back into rows by unnest. An executemany there is one
@@ -84,9 +84,9 @@ _claimed = (
 _claim_insert = postgresql.insert(_deliveries).from_select(
     [*_KEY, "status", "claim_token", "attempts", "created_at", "updated_at"],
     select(
+        _claimed.c.subscriber_id,
         bindparam("action_id", type_=String),
         bindparam("message_kind", type_=String),
-        _claimed.c.subscriber_id,
         _claimed.c.channel,
         literal(SENDING),
         bindparam("token", type_=String),
@@ -201,9 +201,7 @@ def _insert_new(session: AsyncSession) -> Any:
     """INSERT of one ledger row that leaves an existing one alone (Core, for executemany)."""
     dialect = session.get_bind().dialect.name
     module: Any = postgresql if dialect == "postgresql" else sqlite
-    return module.insert(_deliveries).on_conflict_do_nothing(
-        index_elements=["action_id", "message_kind", "subscriber_id", "channel"]
-    )
+    return module.insert(_deliveries).on_conflict_do_nothing(index_elements=_KEY)
 
 
 def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:
@@ -525,9 +523,7 @@ async def cancel(
                     for sid, channel in rows
                 ]
             )
-            .on_conflict_do_nothing(
-                index_elements=["action_id", "message_kind", "subscriber_id", "channel"]
-            )
+            .on_conflict_do_nothing(index_elements=_KEY)
         )
     cancelled = 0
     for ids in _chunks(sorted({k[0] for k in wanted})):

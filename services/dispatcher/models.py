@@ -104,10 +104,26 @@ class Delivery(Base):
 
     __tablename__ = "dispatch_deliveries"
     __table_args__ = (
+        # Subscriber first: the same index serves a batch's claims (its subscribers, for one
+        # action and kind) and an erasure (one subscriber), so a new row goes into one index
+        # keyed by a random id instead of two.
         UniqueConstraint(
-            "action_id", "message_kind", "subscriber_id", "channel", name="uq_dispatch_delivery"
+            "subscriber_id", "action_id", "message_kind", "channel", name="uq_dispatch_delivery"
         ),
-        Index("ix_dispatch_deliveries_subscriber", "subscriber_id"),
+        # Partial, like the one below: only the rows that have one. Every other ledger row
+        # (nearly all of them: emails sent at once) is written to no index but these two.
+        Index(
+            "ix_dispatch_deliveries_provider_message_id",
+            "provider_message_id",
+            sqlite_where=text("provider_message_id IS NOT NULL"),
+            postgresql_where=text("provider_message_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_dispatch_deliveries_digest_id",
+            "digest_id",
+            sqlite_where=text("digest_id IS NOT NULL"),
+            postgresql_where=text("digest_id IS NOT NULL"),
+        ),
         # The rows that wait (held, or left ``retry``) by due time: the scheduler's pages, and
         # what a close or a lease check looks for. Partial and on no column a send changes: the
         # outcome of a row sent at once touches no index (on PostgreSQL a HOT update, written
@@ -127,7 +143,7 @@ class Delivery(Base):
     subscriber_id: Mapped[str] = mapped_column(String(36))
     channel: Mapped[str] = mapped_column(String(8))
     status: Mapped[str] = mapped_column(String(16))
-    provider_message_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    provider_message_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
     segments: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -144,7 +160,7 @@ class Delivery(Base):
     # SQL NULL, not JSON null, once cleared: "IS NOT NULL" finds the rows still holding one.
     held: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     # The digest that carried (or is carrying) this alert.
-    digest_id: Mapped[int | None] = mapped_column(LedgerId, nullable=True, index=True)
+    digest_id: Mapped[int | None] = mapped_column(LedgerId, nullable=True)
 
 
 class DigestDelivery(Base):
