@@ -199,13 +199,18 @@ def _outbox_stamp() -> datetime:
     return now
 
 
+def outbox_values(message: events.Message) -> dict[str, Any]:
+    """The columns of the outbox row of ``message`` (for a Core insert of several at once)."""
+    return {
+        "id": str(message.message_id),
+        "routing_key": message.ROUTING_KEY,
+        "body": message.model_dump_json(),
+        "created_at": _outbox_stamp(),
+    }
+
+
 def outbox_row(model: type[OutboxMixin], message: events.Message) -> OutboxMixin:
-    row: OutboxMixin = model(  # type: ignore[call-arg]  # a mapped subclass takes these
-        id=str(message.message_id),
-        routing_key=message.ROUTING_KEY,
-        body=message.model_dump_json(),
-        created_at=_outbox_stamp(),
-    )
+    row: OutboxMixin = model(**outbox_values(message))
     return row
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    Text,
     and_,
     bindparam,
     column,
@@ -44,8 +45,8 @@ from services.dispatcher.models import (
     Delivery,
     Outbox,
 )
-from shared.db import UTCDateTime, utcnow
-from shared.events import Recipient, RecipientSuppressed
+from shared.db import UTCDateTime, outbox_row, outbox_values, utcnow
+from shared.events import Message, Recipient, RecipientSuppressed
 
 # How long a ``sending`` claim is honoured without renewal. The handling that holds it renews it
 # every ``LEASE_RENEWAL`` while it sends, so a dead process's rows are taken back within seconds
@@ -148,24 +149,56 @@ RECORD_OUTCOMES_PG = (
 )
 
 
+# The outbox rows reporting them, in the same statement (the UPDATE as a data-modifying CTE).
+_outbox = cast(Table, Outbox.__table__)
+_EVENT_COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("outbox_id", String),
+    ("outbox_routing_key", String),
+    ("outbox_body", Text),
+    ("outbox_created_at", _Stamp),
+)
+_reports = (
+    func.unnest(*(bindparam(name, type_=postgresql.ARRAY(kind)) for name, kind in _EVENT_COLUMNS))
+    .table_valued(*(column(name, kind) for name, kind in _EVENT_COLUMNS))
+    .render_derived(name="report")
+)
+RECORD_WITH_REPORTS_PG = (
+    postgresql.insert(_outbox)
+    .from_select(
+        ["id", "routing_key", "body", "created_at"],
+        select(*(_reports.c[name] for name, _ in _EVENT_COLUMNS)),
+    )
+    .add_cte(RECORD_OUTCOMES_PG.returning(_deliveries.c.id).cte("recorded"))
+)
+
+
 def _is_postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-async def record_outcomes(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Write outcomes of claimed rows, in id order: dicts of ``row_id`` and the columns it sets
-    (those of ``_OUTCOME_COLUMNS``, the same keys in every row)."""
-    if not rows:
-        return
+async def record_outcomes(
+    session: AsyncSession, rows: Sequence[dict[str, Any]], reports: Sequence[Message] = ()
+) -> None:
+    """Write outcomes of claimed rows, in id order (dicts of ``row_id`` and the columns it
+    sets: those of ``_OUTCOME_COLUMNS``, the same keys in every row), with the events that
+    report them in the outbox. The caller commits."""
     if not _is_postgres(session):
-        await session.execute(RECORD_OUTCOME, rows)
+        if rows:
+            await session.execute(RECORD_OUTCOME, rows)
+        session.add_all([outbox_row(Outbox, event) for event in reports])
         return
     arrays: dict[str, list[Any]] = {name: [] for name, _ in _OUTCOME_COLUMNS}
     for row in rows:
         for name, values in arrays.items():
             values.append(row[name])
     arrays["held"] = [None if held is None else json.dumps(held) for held in arrays["held"]]
-    await session.execute(RECORD_OUTCOMES_PG, arrays)
+    events: dict[str, list[Any]] = {name: [] for name, _ in _EVENT_COLUMNS}
+    for event in reports:
+        for name, value in outbox_values(event).items():
+            events[f"outbox_{name}"].append(value)
+    # One statement, so one transaction of its own: no BEGIN and COMMIT round trips.
+    connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    await connection.execute(RECORD_WITH_REPORTS_PG, {**arrays, **events})
 
 
 def key_of(recipient: Recipient) -> Key:

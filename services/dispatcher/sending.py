@@ -32,14 +32,14 @@ from services.dispatcher.models import (
     SCHEDULED,
     SENT,
     DispatchAction,
-    Outbox,
 )
 from services.dispatcher.schedule import HELD_RETRY_DELAY
 from services.dispatcher.senders import SendResult
-from shared.db import outbox_row, utcnow
+from shared.db import utcnow
 from shared.events import (
     Channel,
     DeliveriesReported,
+    Message,
     Recipient,
     RecipientSuppressed,
 )
@@ -355,25 +355,21 @@ async def _record(
             observe = metrics.LAG.labels(channel).observe
             for _ in range(sent):
                 observe(lag)
-    async with dispatcher.sessionmaker() as session, session.begin():
-        # In id order, like every other writer: no lock-order deadlock on PostgreSQL.
-        updates.sort(key=lambda row: int(row["row_id"]))
-        await ledger.record_outcomes(session, updates)
-        for channel, (sent, failed) in sorted(counts.items()):
-            if sent or failed:
-                session.add(
-                    outbox_row(
-                        Outbox,
-                        DeliveriesReported(
-                            action_id=context.action_id,
-                            message_kind=context.message_kind,
-                            channel=channel,
-                            sent=sent,
-                            failed=failed,
-                        ),
-                    )
-                )
-        for event in suppressions:
-            session.add(outbox_row(Outbox, event))
+    reports: list[Message] = [
+        DeliveriesReported(
+            action_id=context.action_id,
+            message_kind=context.message_kind,
+            channel=channel,
+            sent=sent,
+            failed=failed,
+        )
+        for channel, (sent, failed) in sorted(counts.items())
+        if sent or failed
+    ]
+    # In id order, like every other writer: no lock-order deadlock on PostgreSQL.
+    updates.sort(key=lambda row: int(row["row_id"]))
+    async with dispatcher.sessionmaker() as session:
+        await ledger.record_outcomes(session, updates, [*reports, *suppressions])
+        await session.commit()
     dispatcher.notify()
     return temporary
