@@ -494,7 +494,10 @@ async def release_claimed(session: AsyncSession, *, token: str) -> int:
     claimed from (held rows to the scheduler, the others to ``retry``), for the next process
     to take at once rather than after the lease. Not an attempt: the count is given back."""
     released = 0
+    now = utcnow()
     for is_held, status in ((True, SCHEDULED), (False, RETRY)):
+        # A held row keeps its due time; a retry row waits from now (see models.Delivery).
+        waiting = {} if is_held else {"not_before": func.coalesce(Delivery.not_before, now)}
         outcome = await session.execute(
             update(Delivery)
             .where(
@@ -506,7 +509,8 @@ async def release_claimed(session: AsyncSession, *, token: str) -> int:
                 status=status,
                 claim_token=None,
                 attempts=Delivery.attempts - 1,
-                updated_at=utcnow(),
+                updated_at=now,
+                **waiting,
             )
             .execution_options(synchronize_session=False)
         )

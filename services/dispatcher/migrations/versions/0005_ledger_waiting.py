@@ -1,8 +1,8 @@
 """ledger: the index of waiting rows leaves out the rows sent at once (no index changes when an
 outcome is written: HOT updates on PostgreSQL, with room left on each page)
 
-Revision ID: 0004_ledger_waiting
-Revises: 0003_letters
+Revision ID: 0005_ledger_waiting
+Revises: 0004_feedback
 Create Date: 2026-12-02 04:10:00
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_ledger_waiting"
-down_revision: str | None = "0003_letters"
+revision: str = "0005_ledger_waiting"
+down_revision: str | None = "0004_feedback"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,8 +1,8 @@
 """ledger: the unique key leads with the subscriber (it serves erasures too, so the index on
 subscriber_id goes); the indexes on provider_message_id and digest_id only hold rows that have one
 
-Revision ID: 0005_ledger_key_order
-Revises: 0004_ledger_waiting
+Revision ID: 0006_ledger_key_order
+Revises: 0005_ledger_waiting
 Create Date: 2026-12-02 04:30:00
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_ledger_key_order"
-down_revision: str | None = "0004_ledger_waiting"
+revision: str = "0006_ledger_key_order"
+down_revision: str | None = "0005_ledger_waiting"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
