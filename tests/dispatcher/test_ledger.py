@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.dispatcher import ledger
 from services.dispatcher.models import Delivery, DispatchAction, Outbox, TransactionalDelivery
 from services.dispatcher.senders import SendResult
 from shared.events import (
@@ -268,3 +270,54 @@ async def test_a_follow_up_waits_for_an_alert_still_being_retried(sessionmaker: 
     subjects = [m.split(b"Subject: ")[1].split(b"\r\n")[0] for m in email.to(slow.address)]
     assert len(subjects) == 2 and subjects[1] == b"New information"
     assert len(email.to(prompt.address)) == 2  # nothing twice
+
+
+async def test_claims_take_new_retry_and_abandoned_rows_and_leave_the_rest(
+    sessionmaker: Maker,
+) -> None:
+    """The ledger's claim on its own (one set-based statement on PostgreSQL, executemany on
+    SQLite): a row held by a live handling is busy, one whose lease ran out or left ``retry``
+    is taken back, a final one is done."""
+    action_id, kind = str(uuid.uuid4()), "alert"
+    people = [recipient(), recipient(), recipient("sms")]
+    now = datetime.now(UTC)
+    async with sessionmaker() as session, session.begin():
+        first = await ledger.claim(
+            session, action_id=action_id, message_kind=kind, recipients=people, now=now
+        )
+    assert len(first.mine) == 3 and (first.busy, first.done) == (0, 0)
+    async with sessionmaker() as session, session.begin():
+        rival = await ledger.claim(
+            session, action_id=action_id, message_kind=kind, recipients=people, now=now
+        )
+    assert (len(rival.mine), rival.busy, rival.done) == (0, 3, 0)
+    sent_id, retry_id = first.mine[ledger.key_of(people[0])], first.mine[ledger.key_of(people[1])]
+    rows = [
+        {
+            "row_id": row_id,
+            "status": status,
+            "claim_token": None,
+            "updated_at": now,
+            "error_code": None,
+            "segments": None,
+            "provider_message_id": None,
+            "sent_at": now if status == "sent" else None,
+            "not_before": now if status == "retry" else None,
+            "held": None,
+        }
+        for row_id, status in sorted([(sent_id, "sent"), (retry_id, "retry")])
+    ]
+    async with sessionmaker() as session:
+        await ledger.record_outcomes(session, rows)
+        await session.commit()
+    # The SMS row is still ``sending`` with the first token: abandoned once the lease ran out.
+    later = now + ledger.CLAIM_LEASE + timedelta(seconds=1)
+    async with sessionmaker() as session, session.begin():
+        again = await ledger.claim(
+            session, action_id=action_id, message_kind=kind, recipients=people, now=later
+        )
+    assert set(again.mine) == {ledger.key_of(people[1]), ledger.key_of(people[2])}
+    assert (again.busy, again.done) == (0, 1)
+    async with sessionmaker() as session:
+        attempts = dict((await session.execute(select(Delivery.id, Delivery.attempts))).all())
+    assert attempts == {sent_id: 1, retry_id: 2, first.mine[ledger.key_of(people[2])]: 2}
