@@ -8,34 +8,26 @@ holds right now are reported as busy, so the caller retries the batch later inst
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Integer,
-    String,
-    Table,
-    Text,
     and_,
-    bindparam,
-    column,
     delete,
     func,
-    literal,
     or_,
     select,
     update,
 )
-from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.dispatcher.ledger_writes import CLAIM_PG, KEY, deliveries, is_postgres
+from services.dispatcher.ledger_writes import RECORD_OUTCOME as RECORD_OUTCOME
+from services.dispatcher.ledger_writes import record_outcomes as record_outcomes
 from services.dispatcher.models import (
     CANCELLED,
     HELD_STATES,
@@ -45,8 +37,8 @@ from services.dispatcher.models import (
     Delivery,
     Outbox,
 )
-from shared.db import UTCDateTime, outbox_row, outbox_values, utcnow
-from shared.events import Message, Recipient, RecipientSuppressed
+from shared.db import utcnow
+from shared.events import Recipient, RecipientSuppressed
 
 # How long a ``sending`` claim is honoured without renewal. The handling that holds it renews it
 # every ``LEASE_RENEWAL`` while it sends, so a dead process's rows are taken back within seconds
@@ -62,143 +54,6 @@ STOPPING_DELAY = 1
 _IN_CHUNK = 500
 
 Key = tuple[str, str]  # (subscriber_id, channel)
-
-# The outcome of one claimed row, by id (Core executemany: the ORM's bulk update by primary key
-# spent more time building parameters than the database spent writing). SQLite's way: there an
-# executemany is a loop in C over one prepared statement, with no round trip to pay.
-_deliveries = cast(Table, Delivery.__table__)
-RECORD_OUTCOME = update(_deliveries).where(_deliveries.c.id == bindparam("row_id"))
-_KEY = ["subscriber_id", "action_id", "message_kind", "channel"]  # uq_dispatch_delivery
-
-# PostgreSQL's way: one statement for a whole batch's claims or a whole commit's outcomes, the
-# rows passed as arrays and turned back into rows by unnest. An executemany there is one
-# statement execution per row (parse of the parameters, a plan, an index lookup each), which
-# made the dispatcher's writes cost half again as much as on SQLite.
-_claimed = (
-    func.unnest(
-        bindparam("subscriber_ids", type_=postgresql.ARRAY(String)),
-        bindparam("channels", type_=postgresql.ARRAY(String)),
-    )
-    .table_valued(column("subscriber_id", String), column("channel", String))
-    .render_derived(name="wanted")
-)
-_claim_insert = postgresql.insert(_deliveries).from_select(
-    [*_KEY, "status", "claim_token", "attempts", "created_at", "updated_at"],
-    select(
-        _claimed.c.subscriber_id,
-        bindparam("action_id", type_=String),
-        bindparam("message_kind", type_=String),
-        _claimed.c.channel,
-        literal(SENDING),
-        bindparam("token", type_=String),
-        literal(1),
-        bindparam("now", type_=UTCDateTime),
-        bindparam("now", type_=UTCDateTime),
-    )
-    # Key order, like every other writer of these rows: no lock-order deadlock.
-    .order_by(_claimed.c.subscriber_id, _claimed.c.channel),
-)
-# New rows are inserted; one left ``retry`` or abandoned ``sending`` (lease run out) is taken
-# back; any other is left alone. RETURNING names the rows this handling now owns.
-CLAIM_PG = _claim_insert.on_conflict_do_update(
-    index_elements=_KEY,
-    set_={
-        "status": SENDING,
-        "claim_token": _claim_insert.excluded.claim_token,
-        "attempts": _deliveries.c.attempts + 1,
-        "updated_at": _claim_insert.excluded.updated_at,
-    },
-    where=or_(
-        _deliveries.c.status == RETRY,
-        and_(
-            _deliveries.c.status == SENDING,
-            _deliveries.c.updated_at < bindparam("stale", type_=UTCDateTime),
-        ),
-    ),
-).returning(_deliveries.c.id, _deliveries.c.subscriber_id, _deliveries.c.channel)
-
-# (column, element type) of each array, in the order of the parameters of ``RECORD_OUTCOME``.
-_Stamp = postgresql.TIMESTAMP(timezone=True)
-_OUTCOME_COLUMNS: tuple[tuple[str, Any], ...] = (
-    ("row_id", BigInteger),
-    ("status", String),
-    ("claim_token", String),
-    ("updated_at", _Stamp),
-    ("error_code", String),
-    ("segments", Integer),
-    ("provider_message_id", String),
-    ("sent_at", _Stamp),
-    ("not_before", _Stamp),
-    # JSON as text: an array of json would need a codec on every connection.
-    ("held", String),
-)
-_outcomes = (
-    func.unnest(*(bindparam(name, type_=postgresql.ARRAY(kind)) for name, kind in _OUTCOME_COLUMNS))
-    .table_valued(*(column(name, kind) for name, kind in _OUTCOME_COLUMNS))
-    .render_derived(name="outcome")
-)
-RECORD_OUTCOMES_PG = (
-    update(_deliveries)
-    .where(_deliveries.c.id == _outcomes.c.row_id)
-    .values(
-        {
-            name: sql_cast(_outcomes.c[name], JSON) if name == "held" else _outcomes.c[name]
-            for name, _ in _OUTCOME_COLUMNS[1:]
-        }
-    )
-)
-
-
-# The outbox rows reporting them, in the same statement (the UPDATE as a data-modifying CTE).
-_outbox = cast(Table, Outbox.__table__)
-_EVENT_COLUMNS: tuple[tuple[str, Any], ...] = (
-    ("outbox_id", String),
-    ("outbox_routing_key", String),
-    ("outbox_body", Text),
-    ("outbox_created_at", _Stamp),
-)
-_reports = (
-    func.unnest(*(bindparam(name, type_=postgresql.ARRAY(kind)) for name, kind in _EVENT_COLUMNS))
-    .table_valued(*(column(name, kind) for name, kind in _EVENT_COLUMNS))
-    .render_derived(name="report")
-)
-RECORD_WITH_REPORTS_PG = (
-    postgresql.insert(_outbox)
-    .from_select(
-        ["id", "routing_key", "body", "created_at"],
-        select(*(_reports.c[name] for name, _ in _EVENT_COLUMNS)),
-    )
-    .add_cte(RECORD_OUTCOMES_PG.returning(_deliveries.c.id).cte("recorded"))
-)
-
-
-def _is_postgres(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
-async def record_outcomes(
-    session: AsyncSession, rows: Sequence[dict[str, Any]], reports: Sequence[Message] = ()
-) -> None:
-    """Write outcomes of claimed rows, in id order (dicts of ``row_id`` and the columns it
-    sets: those of ``_OUTCOME_COLUMNS``, the same keys in every row), with the events that
-    report them in the outbox. The caller commits."""
-    if not _is_postgres(session):
-        if rows:
-            await session.execute(RECORD_OUTCOME, rows)
-        session.add_all([outbox_row(Outbox, event) for event in reports])
-        return
-    arrays: dict[str, list[Any]] = {name: [] for name, _ in _OUTCOME_COLUMNS}
-    for row in rows:
-        for name, values in arrays.items():
-            values.append(row[name])
-    arrays["held"] = [None if held is None else json.dumps(held) for held in arrays["held"]]
-    events: dict[str, list[Any]] = {name: [] for name, _ in _EVENT_COLUMNS}
-    for event in reports:
-        for name, value in outbox_values(event).items():
-            events[f"outbox_{name}"].append(value)
-    # One statement, so one transaction of its own: no BEGIN and COMMIT round trips.
-    connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    await connection.execute(RECORD_WITH_REPORTS_PG, {**arrays, **events})
 
 
 def key_of(recipient: Recipient) -> Key:
@@ -234,7 +89,7 @@ def _insert_new(session: AsyncSession) -> Any:
     """INSERT of one ledger row that leaves an existing one alone (Core, for executemany)."""
     dialect = session.get_bind().dialect.name
     module: Any = postgresql if dialect == "postgresql" else sqlite
-    return module.insert(_deliveries).on_conflict_do_nothing(index_elements=_KEY)
+    return module.insert(deliveries).on_conflict_do_nothing(index_elements=KEY)
 
 
 def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:
@@ -258,7 +113,7 @@ async def claim(
         return result  # everyone held (quiet hours, digest); an empty executemany would insert
     wanted = {key_of(r) for r in recipients}
     subscriber_ids = sorted({k[0] for k in wanted})
-    if _is_postgres(session):
+    if is_postgres(session):
         keys = sorted(wanted)
         taken = await session.execute(
             CLAIM_PG,
@@ -560,7 +415,7 @@ async def cancel(
                     for sid, channel in rows
                 ]
             )
-            .on_conflict_do_nothing(index_elements=_KEY)
+            .on_conflict_do_nothing(index_elements=KEY)
         )
     cancelled = 0
     for ids in _chunks(sorted({k[0] for k in wanted})):
