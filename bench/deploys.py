@@ -20,16 +20,13 @@ import random
 import signal
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.fanout import AMQP_BASE, PG_ADMIN_DSN, psql, rabbitmqctl  # noqa: E402
-from shared.settings import SERVICES  # noqa: E402
+from bench.scratch import Scratch, scratch  # noqa: E402
 from tests.faults.harness import (  # noqa: E402
     FaultStack,
     close_fault_stack,
@@ -51,27 +48,20 @@ async def _wait(probe: object, timeout: float, what: str) -> None:
 async def one_round(
     n: int, sig: signal.Signals, rtt_ms: float, postgres: bool, rng: random.Random
 ) -> dict[str, float]:
-    workdir = Path(tempfile.mkdtemp(prefix="uanet-deploys-"))
-    vhost = f"uanet-deploys-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    databases: list[str] = []
-    if postgres:
-        base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-        urls = {}
-        for service in SERVICES:
-            name = f"uanet_deploys_{service}_{uuid.uuid4().hex[:6]}"
-            psql(f'CREATE DATABASE "{name}"')
-            databases.append(name)
-            urls[service] = f"{base}/{name}"
-    else:
-        urls = {s: f"sqlite+aiosqlite:///{workdir / f'{s}.db'}" for s in SERVICES}
+    with scratch("uanet-deploys", postgres=postgres) as infra:
+        return await _round(infra, n, sig, rtt_ms, rng)
+
+
+async def _round(
+    infra: Scratch, n: int, sig: signal.Signals, rtt_ms: float, rng: random.Random
+) -> dict[str, float]:
+    urls = infra.database_urls
     faults: FaultStack | None = None
     try:
         faults = await open_fault_stack(
-            amqp_url=f"{AMQP_BASE}/{vhost}",
+            amqp_url=infra.amqp_url,
             database_urls=urls,
-            log_dir=workdir,
+            log_dir=infra.workdir,
             secret=SECRET,
             rtt_ms=rtt_ms,
         )
@@ -119,9 +109,6 @@ async def one_round(
     finally:
         if faults is not None:
             await close_fault_stack(faults)
-        rabbitmqctl("delete_vhost", vhost)
-        for name in databases:
-            psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def run(n: int, rounds: int, rtt_ms: float, postgres: bool, seed: int) -> None:

@@ -19,7 +19,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -31,6 +30,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.scratch import Scratch, scratch  # noqa: E402
 from devtools.latency_proxy import start_latency_proxy  # noqa: E402
 from devtools.twilio_fake import FakeTwilio  # noqa: E402
 from shared.settings import SERVICES, Settings  # noqa: E402
@@ -44,8 +44,6 @@ from tests.e2e.stack import (  # noqa: E402
 from tests.faults.harness import ACTION  # noqa: E402
 from tests.support import SmtpRecorder, free_port  # noqa: E402
 
-AMQP_BASE = os.environ.get("UANET_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
-PG_ADMIN_DSN = os.environ.get("UANET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 COUNTER = re.compile(rb"mesg=(\d+)")
 MARK = 100_000
 
@@ -207,36 +205,19 @@ def database_backends(databases: list[str]) -> dict[int, tuple[str, float]]:
     return found
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
-def psql(sql: str) -> None:
-    subprocess.run(["psql", PG_ADMIN_DSN, "-q", "-c", sql], check=True, capture_output=True)
-
-
 async def run(n: int, postgres: bool, concurrency: int, keep: bool) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="uanet-bench-"))
-    vhost = f"uanet-bench-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    databases: list[str] = []
-    if postgres:
-        base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-        urls = {}
-        for service in SERVICES:
-            name = f"uanet_bench_{service}_{uuid.uuid4().hex[:6]}"
-            psql(f'CREATE DATABASE "{name}"')
-            databases.append(name)
-            urls[service] = f"{base}/{name}"
-    else:
-        urls = {s: f"sqlite+aiosqlite:///{workdir / f'{s}.db'}" for s in SERVICES}
+    with scratch("uanet-bench", postgres=postgres, keep=keep) as infra:
+        await _run(infra, n, postgres, concurrency)
+
+
+async def _run(infra: Scratch, n: int, postgres: bool, concurrency: int) -> None:
+    workdir, urls, databases = infra.workdir, infra.database_urls, infra.databases
     sink = SmtpSink(free_port())
     twilio = FakeTwilio(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
     await twilio.start()
     ports = {s: free_port() for s in SERVICES}
     env = stack_environment(
-        amqp_url=f"{AMQP_BASE}/{vhost}",
+        amqp_url=infra.amqp_url,
         database_urls=urls,
         smtp_port=sink.port,
         twilio_base=twilio.base_url,
@@ -310,13 +291,6 @@ async def run(n: int, postgres: bool, concurrency: int, keep: bool) -> None:
         stack.stop_all()
         await twilio.stop()
         sink.stop()
-        rabbitmqctl("delete_vhost", vhost)
-        for name in databases:
-            psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if keep:
-            print(f"logs and databases kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def run_distance(n: int, concurrency: int, rtt_ms: float, keep: bool) -> None:
@@ -324,11 +298,12 @@ async def run_distance(n: int, concurrency: int, rtt_ms: float, keep: bool) -> N
     front of the sink, first at 0 ms (the proxy's own cost), then at ``rtt_ms`` (the proxy
     restarted on the same port; the dispatcher reconnects). Prints both rates, their ratio,
     the connections each run used (as the proxy saw them) and the floor."""
-    workdir = Path(tempfile.mkdtemp(prefix="uanet-bench-"))
-    vhost = f"uanet-bench-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    urls = {s: f"sqlite+aiosqlite:///{workdir / f'{s}.db'}" for s in SERVICES}
+    with scratch("uanet-bench", keep=keep) as infra:
+        await _run_distance(infra, n, concurrency, rtt_ms)
+
+
+async def _run_distance(infra: Scratch, n: int, concurrency: int, rtt_ms: float) -> None:
+    workdir, urls = infra.workdir, infra.database_urls
     sink = SmtpSink(free_port())
     relay_port = free_port()
     proxy = start_latency_proxy(f"127.0.0.1:{sink.port}", 0, listen_port=relay_port)
@@ -336,7 +311,7 @@ async def run_distance(n: int, concurrency: int, rtt_ms: float, keep: bool) -> N
     await twilio.start()
     ports = {s: free_port() for s in SERVICES}
     env = stack_environment(
-        amqp_url=f"{AMQP_BASE}/{vhost}",
+        amqp_url=infra.amqp_url,
         database_urls=urls,
         smtp_port=relay_port,
         twilio_base=twilio.base_url,
@@ -400,11 +375,6 @@ async def run_distance(n: int, concurrency: int, rtt_ms: float, keep: bool) -> N
         await twilio.stop()
         proxy.stop()
         sink.stop()
-        rabbitmqctl("delete_vhost", vhost)
-        if keep:
-            print(f"logs and databases kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:

@@ -96,9 +96,11 @@ async def send_all(
     temporary failures.
 
     Outcomes are committed back to back (group commit): each commit takes what was accepted
-    while the previous one ran, so a crash leaves at most the sends of one commit's duration
-    accepted but still ``sending`` (the one unavoidable ambiguity), whatever the rate. The
-    rows still held keep their lease renewed until their outcome is written.
+    while the previous one ran. A send holds a slot of the process's in-doubt window from
+    before it starts until its outcome is committed, so a crash leaves at most
+    ``IN_DOUBT_LIMIT`` messages accepted but still ``sending`` (the one unavoidable ambiguity),
+    whatever the rate or the distance to the relay. The rows still held keep their lease
+    renewed until their outcome is written.
     """
     temporary: Counter[str] = Counter()
     if not recipients:
@@ -106,16 +108,29 @@ async def send_all(
     results: asyncio.Queue[SendOutcome | None] = asyncio.Queue()
     pending = iter(recipients)
 
+    in_doubt = dispatcher.in_doubt
+    holding = 0  # slots of the in-doubt window this handling holds (released once recorded)
+
+    def release(count: int) -> None:
+        nonlocal holding
+        holding -= count
+        for _ in range(count):
+            in_doubt.release()
+
     async def worker() -> None:
+        nonlocal holding
         try:
             for recipient in pending:
                 if context.closed or dispatcher.stopping:
                     # The action closed meanwhile: what has not gone out stays home.
                     # Stopping: it is left, claimed, for release_claimed below.
                     break
+                await in_doubt.acquire()
+                holding += 1
                 try:
                     outcome = await _send_one(dispatcher, context, recipient)
                 except _Stopped:
+                    release(1)
                     break
                 except Exception:  # noqa: BLE001 - one bad recipient must not stall the rest
                     log.exception(
@@ -140,12 +155,16 @@ async def send_all(
             outcomes = [o for o in taken if o is not None]
             finished += len(taken) - len(outcomes)
             if outcomes:
-                temporary.update(await _record_surely(dispatcher, context, outcomes))
+                try:
+                    temporary.update(await _record_surely(dispatcher, context, outcomes))
+                finally:
+                    release(len(outcomes))
     finally:
         renewal.cancel()
         for task in workers:
             task.cancel()
         await asyncio.gather(renewal, *workers, return_exceptions=True)
+        release(holding)  # cancelled mid-way: the process is going; never starve the others
     if dispatcher.stopping and not context.closed:
         async with context.writing, dispatcher.sessionmaker() as session, session.begin():
             context.released = await ledger.release_claimed(session, token=context.claim.token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.dispatcher import ledger
+from services.dispatcher.adapters import IN_DOUBT_LIMIT
 from services.dispatcher.models import Delivery, DispatchAction, Outbox, TransactionalDelivery
 from services.dispatcher.senders import SendResult
 from shared.events import (
@@ -321,3 +323,38 @@ async def test_claims_take_new_retry_and_abandoned_rows_and_leave_the_rest(
     async with sessionmaker() as session:
         attempts = dict((await session.execute(select(Delivery.id, Delivery.attempts))).all())
     assert attempts == {sent_id: 1, retry_id: 2, first.mine[ledger.key_of(people[2])]: 2}
+
+
+async def test_sends_in_doubt_never_exceed_the_window_and_all_slots_come_back(
+    sessionmaker: Maker,
+) -> None:
+    """However many workers a batch runs, at most IN_DOUBT_LIMIT sends are between their start
+    and their recorded outcome: what a SIGKILL could leave accepted but looking unsent."""
+
+    class SlowRelay(FakeEmailSender):
+        in_flight = 0
+        most = 0
+
+        async def send(self, sender: str, recipient: str, message: bytes) -> SendResult:
+            SlowRelay.in_flight += 1
+            SlowRelay.most = max(SlowRelay.most, SlowRelay.in_flight)
+            try:
+                await asyncio.sleep(0.005)  # a relay some distance away
+                return await super().send(sender, recipient, message)
+            finally:
+                SlowRelay.in_flight -= 1
+
+    email = SlowRelay()
+    dispatcher = make_dispatcher(sessionmaker, email)
+    dispatcher.concurrency = 300
+    action = action_published()
+    await dispatcher.handle_action_event(action, AMQP_DELIVERY)
+    people = [recipient() for _ in range(400)]
+    await dispatcher.handle_batch(batch(action, people), AMQP_DELIVERY)
+    assert len(email.sent) == 400
+    assert 1 < SlowRelay.most <= IN_DOUBT_LIMIT
+    # Every slot back: the next batch is not starved by this one.
+    for _ in range(IN_DOUBT_LIMIT):
+        assert dispatcher.in_doubt.locked() is False
+        await dispatcher.in_doubt.acquire()
+    assert dispatcher.in_doubt.locked()
