@@ -26,6 +26,9 @@ def _check_url(value: str, schemes: tuple[str, ...], name: str) -> str:
 
 
 Rate = Annotated[Decimal, Field(ge=0)]
+# The largest request body any service reads: a letter, a sign-up or an urgent action with all
+# its translations fits many times over; more is refused (413) before it is read.
+DEFAULT_MAX_BODY_BYTES = 1_000_000
 
 
 class Settings(BaseSettings):
@@ -74,6 +77,8 @@ class Settings(BaseSettings):
     # dispatcher processes together; the rest wait in a delay queue. 0 means no limit.
     letters_per_target_per_minute: int = Field(10, ge=0, le=10_000)
     trusted_proxies: str = "127.0.0.1"
+    # Bytes of one request body, on every service (at most a few MB, contract §7).
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=16_384, le=8_000_000)
 
     @field_validator("amqp_url")
     @classmethod

@@ -12,10 +12,100 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.settings import DEFAULT_MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
+
+_TOO_LARGE = b'{"detail":"request body too large"}'
+
+
+class BodyLimit:
+    """413 for a request body over ``max_bytes``, before the app has read past the limit.
+
+    Pure ASGI, outside every route, dependency and parser: a declared ``Content-Length`` over the
+    limit is refused before a byte of the body is read; a chunked (or lying) body is counted as it
+    streams, and the chunk that crosses the limit never reaches the app, which sees the client
+    gone instead. Authentication, signatures and form parsing all come after, so no request,
+    signed or not, can make a service hold more than the limit in memory or on disk.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is None:
+            await _refuse(send, 400, b'{"detail":"malformed Content-Length"}')
+            return
+        if declared > self.max_bytes:
+            await _refuse(send)
+            return
+        received = 0
+        started = False
+        refused = False
+
+        async def counted_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    refused = True
+                    if not started:
+                        await _refuse(send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 is the answer; whatever the app says after it is dropped
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise
+            # The app failed reading a body cut short at the limit: already answered 413.
+
+
+def _content_length(scope: Scope) -> int | None:
+    """The declared length (0 when none: chunked bodies are counted as they come); None when
+    it is malformed."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            text = value.decode("latin-1").strip()
+            return int(text) if text.isdigit() else None
+    return 0
+
+
+async def _refuse(send: Send, status: int = 413, body: bytes = _TOO_LARGE) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                # The rest of the body is not read: the connection cannot be reused.
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
@@ -27,7 +117,11 @@ def field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     return out
 
 
-def install_common(app: FastAPI, ready: ReadyCheck) -> None:
+def install_common(
+    app: FastAPI, ready: ReadyCheck, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+) -> None:
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}

@@ -106,6 +106,13 @@ def test_each_service_environment_is_valid(compose: dict[str, Any], service: str
         assert not settings.twilio_enabled  # no SMS unless the operator gives an account
 
 
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_has_the_body_limit(compose: dict[str, Any], service: str) -> None:
+    env = environment(compose, service)
+    assert "UANET_MAX_BODY_BYTES" in env, f"{service}: no body limit set"
+    assert settings_of(env).max_body_bytes == Settings().max_body_bytes
+
+
 def test_one_database_per_service_and_postgres_creates_them(compose: dict[str, Any]) -> None:
     settings = settings_of(environment(compose, "migrate"))
     names = {urlsplit(settings.database_url(s)).path.lstrip("/") for s in SERVICES}

@@ -168,7 +168,7 @@ def create_app(
         runtime: ServiceRuntime = app.state.runtime
         return await runtime.ready()
 
-    install_common(app, ready)
+    install_common(app, ready, max_body_bytes=settings.max_body_bytes)
     install_feedback_webhooks(
         app, settings, recorder=lambda: app.state.feedback, sns=lambda: app.state.sns
     )
@@ -176,8 +176,11 @@ def create_app(
     @app.post(STATUS_WEBHOOK_PATH, include_in_schema=False)
     async def twilio_status(request: Request, dispatcher: DispatcherDep) -> Response:
         token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else ""
+        # Nothing unsigned is parsed (within the body limit, and no files ever spooled).
+        if not token or not request.headers.get("x-twilio-signature"):
+            return PlainTextResponse("forbidden", status_code=403)
         try:
-            form = await request.form()
+            form = await request.form(max_files=0)
         except Exception:  # noqa: BLE001 - an unreadable body is a bad request, not a 500
             return PlainTextResponse("bad request", status_code=400)
         # Without a token nothing can prove the callback came from Twilio: refuse it.

@@ -58,5 +58,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(audit_router)
     install_error_responses(app)
     install_console(app)
-    install_common(app, runtime.ready)
+    install_common(app, runtime.ready, max_body_bytes=settings.max_body_bytes)
     return app

@@ -205,7 +205,7 @@ async def read_body(request: Request) -> dict[str, Any]:
             raise BadBody("body must be a JSON object")
         return data
     try:
-        form = await request.form()
+        form = await request.form(max_files=0)
     except Exception as exc:  # noqa: BLE001 - any malformed form is the client's mistake
         raise BadBody("body must be JSON or a form") from exc
     data = {}

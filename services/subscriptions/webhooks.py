@@ -29,11 +29,15 @@ def twiml(text: str | None) -> Response:
 @router.post("/webhooks/twilio/sms", response_model=None)
 async def inbound_sms(request: Request, state: StateDep) -> Response:
     settings = state.settings
+    token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else ""
+    # Nothing unsigned is parsed (within the body limit, and no files ever spooled).
+    if not token or not request.headers.get("x-twilio-signature"):
+        log.warning("inbound sms with a bad or missing signature")
+        return Response("forbidden", status_code=403, media_type="text/plain")
     try:
-        form = await request.form()
+        form = await request.form(max_files=0)
     except Exception:  # noqa: BLE001 - not a form: cannot be Twilio
         return Response("forbidden", status_code=403, media_type="text/plain")
-    token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else ""
     valid = bool(token) and twilio_signature_valid(
         auth_token=token,
         url=f"{settings.public_url}/webhooks/twilio/sms",
