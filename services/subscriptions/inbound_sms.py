@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.subscriptions import store
 from services.subscriptions.models import CONFIRMED, KnownAction, Subscriber
-from services.subscriptions.responses import latest_sms_recipient, record_response, sms_report_id
+from services.subscriptions.responses import latest_sms_recipient, report, sms_report_id
 from services.subscriptions.subscribers import Origin, mark_confirmed, unsubscribe
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,8 @@ async def _report(
     action = await session.get(KnownAction, recipient.action_id)
     # Without a MessageSid (never from Twilio itself) there is nothing to deduplicate on.
     report_id = sms_report_id(message_sid) if message_sid else uuid.uuid4()
-    await record_response(
+    # Within the same cap and rate as the page's reports (responses.py).
+    await report(
         session=session,
         recipient=recipient,
         subscriber=subscriber,

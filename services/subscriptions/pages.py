@@ -13,10 +13,9 @@ from markdown_it import MarkdownIt
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from services.subscriptions import letters, store
+from services.subscriptions import letters, responses, store
 from services.subscriptions.audience import content_language
 from services.subscriptions.models import ActionRecipient, ActionUpdate, KnownAction, Subscriber
-from services.subscriptions.responses import record_response
 from services.subscriptions.schemas import LetterCreate, PreferencesUpdate, ReportCreate
 from services.subscriptions.subscribers import confirm_channel, unsubscribe, update_preferences
 from services.subscriptions.web import (
@@ -57,6 +56,12 @@ TOO_MANY_LETTERS = (
     N_("You have sent many letters already"),
     N_("Thank you! You have sent the most letters we can send for one person on this case."),
 )
+
+TOO_MANY_REPORTS = (
+    N_("Thank you, that is many reports"),
+    N_("You have reported many times in the last hour. Please try again later."),
+)
+RETRY_IN_AN_HOUR = {"Retry-After": "3600"}
 
 # Staff write Markdown; raw HTML in it is shown as text, and markdown-it refuses javascript: links.
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
@@ -361,10 +366,10 @@ async def report_action(token: str, request: Request, state: StateDep) -> Respon
             state, request, token, action, subscriber, status=422, errors=errors_by_field(exc)
         )
     report_id = report.report_id or uuid.uuid4()
-    recorded = False
+    outcome: responses.Recorded
     try:
         async with state.unit_of_work() as session:
-            recorded = await record_response(
+            outcome = await responses.report(
                 session=session,
                 recipient=recipient,
                 subscriber=subscriber,
@@ -375,12 +380,16 @@ async def report_action(token: str, request: Request, state: StateDep) -> Respon
             )
     except IntegrityError:
         # The report id was already taken by another message: treat it as a duplicate.
-        recorded = False
+        outcome = "duplicate"
+    if outcome == "too_many":
+        title, message = TOO_MANY_REPORTS
+        if as_json:
+            return JSONResponse({"detail": message}, status_code=429, headers=RETRY_IN_AN_HOUR)
+        page = state.error_page(request, 429, title, message, language=subscriber.language)
+        page.headers.update(RETRY_IN_AN_HOUR)
+        return page
     if as_json:
-        return JSONResponse(
-            {"status": "recorded" if recorded else "duplicate", "report_id": str(report_id)},
-            status_code=202,
-        )
+        return JSONResponse({"status": outcome, "report_id": str(report_id)}, status_code=202)
     return RedirectResponse(f"/act/{token}?reported=1#report", status_code=303)
 
 

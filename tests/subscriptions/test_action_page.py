@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.subscriptions.links import Links
 from services.subscriptions.models import KnownAction, Response
+from services.subscriptions.responses import MAX_ACTIONS_PER_PERSON, REPORTS_PER_HOUR
 from tests.subscriptions.conftest import (
     action_published,
     add_recipient,
@@ -204,3 +205,45 @@ async def test_unknown_recipient_is_404(client: httpx.AsyncClient, links: Links)
     assert (await client.get(path)).status_code == 404
     assert (await client.post(path, json={"kind": "letter"})).status_code == 404
     assert (await client.get("/act/" + "x" * 5000)).status_code == 404
+
+
+# ---- counts that cannot be forged ---------------------------------------------------------------
+
+
+async def test_one_link_adds_at_most_the_cap_however_often_it_reports(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], links: Links
+) -> None:
+    seeded = await seed(sessionmaker, links)
+
+    first = await client.post(seeded.path, json={"kind": "letter", "count": 30})
+    second = await client.post(seeded.path, json={"kind": "call", "count": 30})
+    third = await client.post(seeded.path, json={"kind": "other", "count": 50})
+    by_form = await client.post(seeded.path, data={"kind": "email", "count": "50"})
+
+    assert [r.json()["status"] for r in (first, second, third)] == [
+        "recorded",
+        "recorded",
+        "capped",
+    ]
+    assert by_form.status_code == 303
+    # The second report added only what was left of the cap; nothing after it.
+    stored = sorted((r.kind, r.count) for r in await responses(sessionmaker))
+    assert stored == [("call", MAX_ACTIONS_PER_PERSON - 30), ("letter", 30)]
+    recorded = await outbox(sessionmaker, "response.recorded")
+    assert sum(m["count"] for m in recorded) == MAX_ACTIONS_PER_PERSON
+
+
+async def test_reports_beyond_the_rate_are_refused_and_count_nothing(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], links: Links
+) -> None:
+    seeded = await seed(sessionmaker, links)
+    for _ in range(REPORTS_PER_HOUR):
+        taken = await client.post(seeded.path, json={"kind": "call", "count": 1})
+        assert taken.json()["status"] == "recorded"
+
+    refused = await client.post(seeded.path, json={"kind": "call", "count": 1})
+    refused_form = await client.post(seeded.path, data={"kind": "call", "count": "1"})
+
+    assert refused.status_code == refused_form.status_code == 429
+    assert refused.headers["retry-after"] == "3600"
+    assert len(await responses(sessionmaker)) == REPORTS_PER_HOUR
