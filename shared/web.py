@@ -144,9 +144,17 @@ def install_common(
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
-        # Logged without the request body: it may hold personal data.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        # Logged without the request body (personal data) and by the route's template, not its
+        # path: subscriber links carry their token in the path (/act/{token}).
+        log.exception("unhandled error on %s %s", request.method, route_template(request))
         return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+def route_template(request: Request) -> str:
+    """``/act/{token}`` rather than the path itself, which may hold a token."""
+    route = request.scope.get("route")
+    template = getattr(route, "path", None)
+    return template if isinstance(template, str) else "(no route)"
 
 
 def _in(address: str, trusted: frozenset[str]) -> bool:

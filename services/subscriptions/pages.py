@@ -261,7 +261,8 @@ async def _load_recipient(
                 select(ActionRecipient, KnownAction, Subscriber)
                 .join(KnownAction, KnownAction.id == ActionRecipient.action_id)
                 .join(Subscriber, Subscriber.id == ActionRecipient.subscriber_id)
-                .where(ActionRecipient.id == recipient_id)
+                # An erased person's links stop working.
+                .where(ActionRecipient.id == recipient_id, Subscriber.erased_at.is_(None))
             )
         ).one_or_none()
     if row is None:
@@ -314,13 +315,11 @@ async def _action_page(
         "letter_refused": refused,
         "letter_id": uuid.uuid4(),
         "letter_errors": letter_errors or {},
-        # Prefilled with the model letter in the language the page shows the case in.
+        # Prefilled with the model letter in the language the page shows the case in, but never
+        # with the subscriber's name or address: alerts get forwarded, and whoever holds the
+        # link sees the page.
         "letter_values": letter_values
-        or {
-            "name": subscriber.name or "",
-            "email": subscriber.email or "",
-            "letter": str(content.get("model_letter") or ""),
-        },
+        or {"name": "", "email": "", "letter": str(content.get("model_letter") or "")},
         "content_lang": language,
         "action": action,
         "content": content,

@@ -199,7 +199,8 @@ async def read_body(request: Request) -> dict[str, Any]:
     if is_json(request):
         try:
             data = json.loads(await request.body() or b"{}")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: nesting deeper than the parser goes ([[[[…), bad input too.
             raise BadBody("body is not valid JSON") from None
         if not isinstance(data, dict):
             raise BadBody("body must be a JSON object")

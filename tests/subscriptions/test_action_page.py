@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from dataclasses import dataclass
 
 import httpx
+import pytest
+from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.subscriptions.data_rights import erase_subscriber
 from services.subscriptions.links import Links
 from services.subscriptions.models import KnownAction, Response
 from services.subscriptions.responses import MAX_ACTIONS_PER_PERSON, REPORTS_PER_HOUR
+from shared.web import install_common
 from tests.subscriptions.conftest import (
     action_published,
     add_recipient,
@@ -247,3 +252,73 @@ async def test_reports_beyond_the_rate_are_refused_and_count_nothing(
     assert refused.status_code == refused_form.status_code == 429
     assert refused.headers["retry-after"] == "3600"
     assert len(await responses(sessionmaker)) == REPORTS_PER_HOUR
+
+
+# ---- a forwarded link, an erased person, hostile bodies ---------------------------------------
+
+
+async def test_the_action_page_shows_no_personal_data(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], links: Links
+) -> None:
+    seeded = await seed(sessionmaker, links)
+    async with sessionmaker() as session, session.begin():
+        action = await session.get(KnownAction, seeded.action_id)
+        assert action is not None
+        action.targets = [{"name": "Minister", "email": "minister@gov.example"}]
+
+    page = await client.get(seeded.path)
+
+    assert 'name="letter"' in page.text  # the letter form, where the name and address were
+    # Whoever the alert was forwarded to sees the case, not whom it was sent to.
+    assert page.status_code == 200
+    assert "ana@example.net" not in page.text
+    assert 'value="Ana"' not in page.text
+
+
+async def test_an_erased_persons_act_link_stops_working(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], links: Links
+) -> None:
+    seeded = await seed(sessionmaker, links)
+    async with sessionmaker() as session, session.begin():
+        assert await erase_subscriber(session, seeded.subscriber_public_id)
+
+    assert (await client.get(seeded.path)).status_code == 404
+    assert (await client.post(seeded.path, json={"kind": "call"})).status_code == 404
+    letter = {"name": "X", "email": "x@example.org", "letter": "Hello"}
+    assert (await client.post(seeded.path + "/letter", json=letter)).status_code == 404
+    assert await responses(sessionmaker) == []
+
+
+async def test_deeply_nested_json_is_bad_input(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], links: Links
+) -> None:
+    seeded = await seed(sessionmaker, links)
+    nested = b"[" * 200_000 + b"]" * 200_000
+    headers = {"Content-Type": "application/json"}
+
+    for path in (seeded.path, "/api/v1/subscribers", "/preferences/x"):
+        answer = await client.post(path, content=nested, headers=headers)
+        assert answer.status_code in (404, 422), path
+
+
+async def test_no_token_reaches_the_log_on_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    app = FastAPI()
+    install_common(app, _ready)
+
+    @app.get("/act/{token}")
+    async def broken(token: str) -> None:
+        raise RuntimeError("a bug")
+
+    token = "secret-subscriber-token-0123456789"
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        with caplog.at_level(logging.ERROR):
+            answer = await http.get(f"/act/{token}")
+
+    assert answer.status_code == 500
+    assert "unhandled error on GET /act/{token}" in caplog.text
+    assert token not in caplog.text
+
+
+async def _ready() -> dict[str, bool]:
+    return {}
