@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.subscriptions import store
 from services.subscriptions.models import ActionRecipient, KnownAction, Letter, Outbox, Subscriber
-from services.subscriptions.responses import record_response
+from services.subscriptions.responses import lock_subscriber, record_response
 from services.subscriptions.schemas import LetterCreate
 from shared.db import outbox_row, utcnow
 from shared.events import LetterRequested
@@ -64,6 +64,8 @@ async def request_letter(
     """Record the letter, its command and its report, in the caller's transaction.
 
     The caller checked ``refusal`` first."""
+    # Counted with the subscriber's row held: concurrent letters cannot all pass the cap.
+    await lock_subscriber(session, subscriber)
     written = await session.scalar(
         select(func.count())
         .select_from(Letter)

@@ -50,7 +50,7 @@ async def subscriber_by_phone(session: AsyncSession, phone: str) -> Subscriber |
 
 
 async def subscribers_by_address(
-    session: AsyncSession, *, email: str | None, phone: str | None
+    session: AsyncSession, *, email: str | None, phone: str | None, for_update: bool = False
 ) -> list[Subscriber]:
     conditions = []
     if email is not None:
@@ -60,6 +60,8 @@ async def subscribers_by_address(
     if not conditions:
         return []
     query = select(Subscriber).where(or_(*conditions)).order_by(Subscriber.id)
+    if for_update and is_postgres(session):
+        query = query.with_for_update()  # in id order: two sign-ups never deadlock
     return list((await session.execute(query)).scalars())
 
 

@@ -145,7 +145,11 @@ async def sign_up(
     prove who they are); a channel still waiting for confirmation gets it again.
     """
     wanted = sign_up.wanted_channels
-    existing = await store.subscribers_by_address(session, email=sign_up.email, phone=sign_up.phone)
+    # Held until the sign-up commits: the confirmation cap is counted on these rows, and
+    # concurrent sign-ups of one address must take turns to count it.
+    existing = await store.subscribers_by_address(
+        session, email=sign_up.email, phone=sign_up.phone, for_update=True
+    )
     if existing:
         for subscriber in existing:
             for channel in wanted:
