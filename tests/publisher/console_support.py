@@ -24,9 +24,11 @@ def csrf_of(page: str) -> str:
 class Browser:
     """An httpx client with its own cookie jar on the in-process app."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, *, address: str | None = None) -> None:
+        # ``address``: the client as our proxy (127.0.0.1, trusted) reports it.
+        headers = {"X-Forwarded-For": address} if address else {}
         self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://test"
+            transport=httpx.ASGITransport(app=app), base_url="http://test", headers=headers
         )
         self.csrf = ""
 

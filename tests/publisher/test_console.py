@@ -109,20 +109,6 @@ async def test_wrong_password_and_unknown_email_get_the_same_answer(sqlite_api: 
         await browser.aclose()
 
 
-async def test_repeated_failures_lock_the_email_for_a_while(sqlite_api: Api) -> None:
-    email = await make_user(sqlite_api.app, "staff")
-    browser = Browser(sqlite_api.app)
-    try:
-        for _ in range(5):
-            assert (await browser.sign_in(email, "wrong password here")).status_code == 401
-        # Even the right password is refused now: guessing cannot go on.
-        locked = await browser.sign_in(email)
-        assert locked.status_code == 429
-        assert (await browser.get("/")).status_code == 303
-    finally:
-        await browser.aclose()
-
-
 async def test_form_posts_without_a_valid_csrf_token_get_403(
     sqlite_api: Api, staff: Browser
 ) -> None:

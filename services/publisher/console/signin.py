@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import APIRouter, Request, Response
 
 from services.publisher.console.common import (
@@ -16,7 +18,7 @@ from services.publisher.sessions import (
     signed_in_user,
     write_session,
 )
-from services.publisher.staff import SignInThrottle, check_sign_in
+from services.publisher.staff import SignInThrottle, check_sign_in, staff_user_by_email
 from shared.web import client_address
 
 router = APIRouter(include_in_schema=False)
@@ -40,24 +42,29 @@ async def login(request: Request) -> Response:
     throttle: SignInThrottle = request.app.state.sign_in_throttle
     address = client_address(request, request.app.state.settings.trusted_proxy_set)
     failed_context = {"next": target, "email": email}
-    if throttle.blocked(email=email, address=address):
-        return render(
-            request,
-            "login.html.j2",
-            {**failed_context, "error": "Too many failed attempts. Wait a few minutes."},
-            status=429,
-        )
     async with database_of(request).read() as session:
-        user = await check_sign_in(session, email=email, password=password)
+        account = await staff_user_by_email(session, email)
+        account_id = account.id if account is not None else None
+        wait = throttle.wait(user_id=account_id, address=address)
+        if wait is not None:
+            refused = render(
+                request,
+                "login.html.j2",
+                {**failed_context, "error": "Too many failed attempts. Wait a few minutes."},
+                status=429,
+            )
+            refused.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return refused
+        user = await check_sign_in(session, email=email, password=password, user=account)
     if user is None:
-        throttle.failed(email=email, address=address)
+        throttle.failed(user_id=account_id, address=address)
         return render(
             request,
             "login.html.j2",
             {**failed_context, "error": "That email and password do not match an account."},
             status=401,
         )
-    throttle.succeeded(email=email)
+    throttle.succeeded(user_id=user.id, address=address)
     response = see_other(target)
     # A new session on sign-in: a token planted before it (session fixation) is worthless.
     write_session(request, response, ConsoleSession.fresh(user.id))
