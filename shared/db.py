@@ -237,6 +237,13 @@ class OutboxCompactor(Protocol):
         ...
 
 
+# Published outbox rows are deleted this long after their publish: they hold recipients'
+# addresses, names and letters, and nothing reads them once the broker has confirmed them (the
+# time is only there to look at what just went out).
+OUTBOX_RETENTION = timedelta(minutes=15)
+PURGE_EVERY_SECONDS = 60.0
+
+
 class OutboxRelay:
     """Publishes committed outbox rows, oldest first, and marks them published once confirmed.
 
@@ -259,6 +266,8 @@ class OutboxRelay:
         max_bytes: int = 4_000_000,
         min_interval: float = 0.0,
         compactor: OutboxCompactor | None = None,
+        retention: timedelta = OUTBOX_RETENTION,
+        purge_every: float = PURGE_EVERY_SECONDS,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.model = model
@@ -268,6 +277,9 @@ class OutboxRelay:
         self.max_bytes = max_bytes
         self.min_interval = min_interval
         self.compactor = compactor
+        self.retention = retention
+        self.purge_every = purge_every
+        self._last_purge: float | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Set by a pass that left rows behind (its row or byte limit): go on at once.
@@ -315,7 +327,14 @@ class OutboxRelay:
                 pass
 
     async def relay_once(self) -> int:
-        """One pass: compact, publish what is pending (bounded), mark it. Returns rows published."""
+        """One pass: compact, publish what is pending (bounded), mark it. Returns rows published.
+
+        Every ``purge_every`` seconds it also deletes rows published more than ``retention``
+        ago."""
+        loop = asyncio.get_running_loop()
+        if self._last_purge is None or loop.time() - self._last_purge >= self.purge_every:
+            await self.purge_published()
+            self._last_purge = loop.time()
         if self.compactor is not None:
             await self._compact()
         async with self.sessionmaker() as session, session.begin():
@@ -340,6 +359,19 @@ class OutboxRelay:
             async with self.sessionmaker() as session, session.begin():
                 await self._mark(session, rows)
         return len(rows)
+
+    async def purge_published(self) -> int:
+        """Delete the rows published more than ``retention`` ago; returns how many."""
+        model = self.model
+        async with self.sessionmaker() as session, session.begin():
+            result = await session.execute(
+                delete(model)
+                .where(model.published_at.is_not(None))
+                .where(model.published_at <= utcnow() - self.retention)
+                .execution_options(synchronize_session=False)
+            )
+        count = getattr(result, "rowcount", 0)
+        return int(count) if count and count > 0 else 0
 
     async def _pending(self, session: AsyncSession, *, lock: bool) -> list[tuple[str, str, str]]:
         """(id, routing key, body) of the oldest unpublished rows, within both limits."""
@@ -417,6 +449,22 @@ class OutboxRelay:
                     .execution_options(synchronize_session=False)
                 )
                 session.add(outbox_row(model, merged))
+
+
+async def forget_published(
+    session: AsyncSession,
+    model: type[OutboxMixin],
+    identifiers: Sequence[str],
+    *,
+    pending: bool = False,
+) -> None:
+    """Erasure: delete the outbox rows (published ones; ``pending`` too if asked) whose body holds
+    one of ``identifiers`` (a subscriber id, an address) as a JSON string."""
+    for identifier in identifiers:
+        query = delete(model).where(model.body.contains(f'"{identifier}"', autoescape=True))
+        if not pending:
+            query = query.where(model.published_at.is_not(None))
+        await session.execute(query.execution_options(synchronize_session=False))
 
 
 def _is_postgres(session: AsyncSession) -> bool:

@@ -230,10 +230,14 @@ class ResponseRecorded(Message):
 
 
 class SubscriberErased(Message):
+    """A person was erased: every service forgets them. ``addresses`` (their email address and
+    number) let the dispatcher find rows that hold an address but no subscriber id."""
+
     ROUTING_KEY: ClassVar[str] = "subscriber.erased"
     subscriber_id: uuid.UUID
     # Who asked (the admin token's name), for the publisher's audit log.
     erased_by: str | None = None
+    addresses: list[str] = []
 
 
 class LetterRequested(Message):

@@ -51,7 +51,7 @@ async def handle_action_event(
         elif isinstance(message, ActionTargetsChanged):
             await _action_targets_changed(session, message)
         elif isinstance(message, SubscriberErased):
-            await ledger.forget_subscriber(session, str(message.subscriber_id))
+            await ledger.forget_subscriber(session, str(message.subscriber_id), message.addresses)
         else:
             raise Reject(f"unexpected message {type(message).__name__}")
 

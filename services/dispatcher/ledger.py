@@ -16,7 +16,6 @@ from typing import Any
 
 from sqlalchemy import (
     and_,
-    delete,
     func,
     or_,
     select,
@@ -37,8 +36,8 @@ from services.dispatcher.models import (
     Delivery,
     Outbox,
 )
-from shared.db import utcnow
-from shared.events import Recipient, RecipientSuppressed
+from shared.db import forget_published, utcnow
+from shared.events import Recipient
 
 # How long a ``sending`` claim is honoured without renewal. The handling that holds it renews it
 # every ``LEASE_RENEWAL`` while it sends, so a dead process's rows are taken back within seconds
@@ -453,7 +452,9 @@ async def cancel_pending_for_action(session: AsyncSession, action_id: str) -> in
     return _rowcount(outcome)
 
 
-async def forget_subscriber(session: AsyncSession, subscriber_id: str) -> None:
+async def forget_subscriber(
+    session: AsyncSession, subscriber_id: str, addresses: Sequence[str] = ()
+) -> None:
     """Erasure: nothing more goes to them, and no address of theirs stays in the outbox or on
     a held row."""
     await session.execute(
@@ -471,15 +472,9 @@ async def forget_subscriber(session: AsyncSession, subscriber_id: str) -> None:
         .values(held=None)
         .execution_options(synchronize_session=False)
     )
-    # Suppression events are the only rows that ever held an address.
-    await session.execute(
-        delete(Outbox)
-        .where(
-            Outbox.routing_key == RecipientSuppressed.ROUTING_KEY,
-            Outbox.body.contains(f'"subscriber_id":"{subscriber_id}"'),
-        )
-        .execution_options(synchronize_session=False)
-    )
+    # Suppression events are the only rows that ever held an address: by subscriber id, and by
+    # address for those sent without one (a confirmation that bounced), published or not.
+    await forget_published(session, Outbox, [subscriber_id, *addresses], pending=True)
 
 
 def _rowcount(result: Any) -> int:

@@ -2,7 +2,9 @@
 
 Erasure keeps the rows that counts rest on (who was sent which action, what was reported) but
 strips them of everything personal: the subscriber row loses its addresses, name, time zone and
-themes, and takes a new random id so every link and id it had stops working. Suppressions of their
+themes, and takes a new random id so every link and id it had stops working; the outbox rows
+already published that named them (batches, confirmations, letters) are deleted at once, and the
+rest once published (``shared.db.OUTBOX_RETENTION``). Suppressions of their
 addresses are kept: they are what stops us contacting that address again (an import, a bounce
 list), and they hold nothing but the address and why.
 """
@@ -26,7 +28,7 @@ from services.subscriptions.models import (
     Subscriber,
     Suppression,
 )
-from shared.db import outbox_row, utcnow
+from shared.db import forget_published, outbox_row, utcnow
 from shared.events import SubscriberErased
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,8 @@ async def erase_subscriber(
     if subscriber is None:
         return False
     now = utcnow()
+    addresses = [a for a in (subscriber.email, subscriber.phone) if a]
+    await forget_published(session, Outbox, [str(public_id), *addresses])
     subscriber.public_id = uuid.uuid4()
     subscriber.email = None
     subscriber.phone = None
@@ -157,6 +161,7 @@ async def erase_subscriber(
         update(Consent).where(Consent.subscriber_id == subscriber.id).values(client_address=None)
     )
     # The dispatcher forgets them too (its ledger's addresses); the publisher audits it.
-    session.add(outbox_row(Outbox, SubscriberErased(subscriber_id=public_id, erased_by=erased_by)))
+    erased = SubscriberErased(subscriber_id=public_id, erased_by=erased_by, addresses=addresses)
+    session.add(outbox_row(Outbox, erased))
     log.info("subscriber erased")
     return True

@@ -7,6 +7,7 @@ import asyncio
 import email
 import email.policy
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from zoneinfo import ZoneInfo
@@ -18,7 +19,8 @@ from services.dispatcher.models import Delivery, DigestDelivery, Outbox
 from services.dispatcher.schedule import HELD_ATTEMPTS, HELD_RETRY_DELAY
 from services.dispatcher.scheduler import Scheduler
 from services.dispatcher.senders import SendResult
-from shared.events import ActionClosed, SubscriberErased, UpdateContent
+from shared.db import outbox_row
+from shared.events import ActionClosed, RecipientSuppressed, SubscriberErased, UpdateContent
 
 from .conftest import (
     AMQP_DELIVERY,
@@ -433,3 +435,29 @@ async def test_erasure_forgets_held_recipients(sessionmaker: Maker) -> None:
     async with sessionmaker() as session:
         row = await session.scalar(select(Delivery))
     assert row is not None and row.status == "cancelled" and row.held is None
+
+
+async def test_erasure_forgets_suppression_events_that_name_only_the_address(
+    sessionmaker: Maker,
+) -> None:
+    dispatcher = make_dispatcher(sessionmaker, clock=ManualClock(at(LONDON, 15, 12)))
+    erased_id = uuid.uuid4()
+    async with sessionmaker() as session, session.begin():
+        for subscriber_id, address in (
+            (erased_id, "ana@example.net"),  # an alert that bounced
+            (None, "ana@example.net"),  # her confirmation, which bounced
+            (None, "bo@example.org"),  # someone else's
+        ):
+            event = RecipientSuppressed(
+                subscriber_id=subscriber_id, channel="email", address=address, reason="hard_bounce"
+            )
+            session.add(outbox_row(Outbox, event))
+        # One already published: erasure removes it too.
+        await session.execute(update(Outbox).values(published_at=datetime.now(UTC)))
+
+    erased = SubscriberErased(subscriber_id=erased_id, addresses=["ana@example.net"])
+    await dispatcher.handle_action_event(erased, AMQP_DELIVERY)
+
+    async with sessionmaker() as session:
+        bodies = list(await session.scalars(select(Outbox.body)))
+    assert [json.loads(b)["address"] for b in bodies] == ["bo@example.org"]

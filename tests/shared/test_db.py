@@ -18,6 +18,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 import shared.db
 from shared import events
 from shared.db import (
+    OUTBOX_RETENTION as DEFAULT_RETENTION,
+)
+from shared.db import (
     OutboxMixin,
     OutboxRelay,
     ProcessedMessageMixin,
@@ -296,3 +299,31 @@ async def test_a_pooled_postgres_connection_dropped_while_idle_is_replaced(
     finally:
         await engine.dispose()
         await admin.dispose()
+
+
+async def test_published_rows_are_deleted_after_the_retention(
+    db: tuple[AsyncEngine, async_sessionmaker[AsyncSession]], broker: Broker
+) -> None:
+    _, sessionmaker = db
+    recorder = Recorder()
+    await broker.consume(WORK.name, recorder, [events.SubscriberErased], prefetch=50)
+    sent = [erased() for _ in range(3)]
+    async with transaction(sessionmaker) as session:
+        session.add_all([outbox_row(Outbox, e) for e in sent])
+    keeping = OutboxRelay(sessionmaker, Outbox, broker, purge_every=0)
+    assert await keeping.relay_once() == 3
+    assert await keeping.relay_once() == 0
+    # Within the retention the rows stay (published), to look at what just went out.
+    assert set(await _published(sessionmaker)) == {str(e.message_id) for e in sent}
+    pending = erased()
+    async with transaction(sessionmaker) as session:
+        session.add(outbox_row(Outbox, pending))
+
+    # Past it they go, on the relay's next purge; a row not yet published stays.
+    purging = OutboxRelay(sessionmaker, Outbox, broker, retention=timedelta(0), purge_every=0)
+    assert await purging.purge_published() == 3
+    assert await _published(sessionmaker) == {str(pending.message_id): False}
+    assert await purging.relay_once() == 1
+    assert await purging.relay_once() == 0
+    assert await _published(sessionmaker) == {}
+    assert DEFAULT_RETENTION <= timedelta(hours=1)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.subscriptions.app import create_app
@@ -18,13 +19,17 @@ from services.subscriptions.links import Links
 from services.subscriptions.models import (
     ActionRecipient,
     ApiToken,
+    Base,
     Consent,
+    Outbox,
     Response,
     Subscriber,
 )
 from services.subscriptions.responses import record_response
 from services.subscriptions.tokens import make_token_handler
 from shared import events
+from shared.db import OutboxRelay, outbox_row, utcnow
+from shared.events import DeliveryBatch, Recipient
 from shared.messaging import Broker, Delivery, Reject
 from tests.subscriptions.conftest import (
     PUBLIC_URL,
@@ -306,3 +311,59 @@ async def test_a_token_s_use_is_reported_at_most_once_a_minute(
     assert sorted(r["token_id"] for r in reports) == sorted(
         [str(admin.token_id), str(staff.token_id)]
     )
+
+
+async def test_erasure_leaves_no_personal_data_in_any_table(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    links: Links,
+) -> None:
+    subscriber = await signed_up_and_active(client, sessionmaker, links)
+    async with sessionmaker() as session, session.begin():
+        # What was sent to her (her confirmations, an alert batch, a letter) has gone out.
+        recipient = Recipient(
+            subscriber_id=subscriber.public_id,
+            channel="email",
+            address="ana@example.net",
+            language="en",
+            name="Ana Lima",
+            unsubscribe_url="http://x/unsubscribe/t",
+        )
+        batch = DeliveryBatch(action_id=uuid.uuid4(), message_kind="alert", recipients=[recipient])
+        session.add(outbox_row(Outbox, batch))
+        await session.execute(update(Outbox).values(published_at=utcnow()))
+    await feed(app, issued(ADMIN_TOKEN, "admin"))
+
+    erased = await client.delete(
+        f"/api/v1/subscribers/{subscriber.public_id}", headers=bearer(ADMIN_TOKEN)
+    )
+
+    assert erased.status_code == 204
+    personal = ("ana@example.net", "+447911123456", "Ana Lima", "203.0.113.7")
+    # The erasure event (to the other services) is the one row left that names her addresses;
+    # it goes once published, with every other outbox row (the relay's retention).
+    assert await rows_holding(sessionmaker, personal) == [
+        ("subscriptions_outbox", "subscriber.erased")
+    ]
+    relay = OutboxRelay(sessionmaker, Outbox, app.state.runtime.broker, retention=timedelta(0))
+    async with sessionmaker() as session, session.begin():
+        await session.execute(update(Outbox).values(published_at=utcnow()))
+    await relay.purge_published()
+    assert await rows_holding(sessionmaker, personal) == []
+
+
+async def rows_holding(
+    sessionmaker: async_sessionmaker[AsyncSession], needles: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """(table, routing key or first column) of each row of any table holding one of ``needles``."""
+    found: list[tuple[str, str]] = []
+    async with sessionmaker() as session:
+        for table in Base.metadata.sorted_tables:
+            for row in (await session.execute(select(table))).mappings():
+                text = " ".join(str(value) for value in row.values())
+                if any(needle in text for needle in needles):
+                    found.append(
+                        (table.name, str(row.get("routing_key", next(iter(row.values())))))
+                    )
+    return found
