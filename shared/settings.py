@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     twilio_from: str | None = None
     twilio_api_base: str = "https://api.twilio.com"
     dispatcher_public_url: str = "http://localhost:8003"
+    # The staff console as staff reach it (behind a TLS proxy: https://…): https makes its
+    # session cookie Secure and its pages send HSTS.
+    console_url: str = "http://localhost:8001"
     # Messages a second per channel and dispatcher process; 0 means no limit. SMS counts segments.
     email_rate: Rate = Decimal("200")
     sms_rate: Rate = Decimal("1")
@@ -92,7 +95,7 @@ class Settings(BaseSettings):
     def _database(cls, v: str) -> str:
         return _check_url(v, ("sqlite+aiosqlite://", "postgresql+asyncpg://"), "database_url")
 
-    @field_validator("public_url", "dispatcher_public_url", "twilio_api_base")
+    @field_validator("public_url", "dispatcher_public_url", "twilio_api_base", "console_url")
     @classmethod
     def _http(cls, v: str) -> str:
         return _check_url(v, ("http://", "https://"), "public_url")

@@ -117,9 +117,40 @@ def field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     return out
 
 
+HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+
+
+class StrictTransportSecurity:
+    """HSTS on every response of a service whose public URL is https: browsers then never
+    reach it over plain http (nor send its cookies there)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_hsts(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), HSTS]
+            await send(message)
+
+        await self.app(scope, receive, with_hsts)
+
+
 def install_common(
-    app: FastAPI, ready: ReadyCheck, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    app: FastAPI,
+    ready: ReadyCheck,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    public_url: str | None = None,
 ) -> None:
+    """``public_url``: the service as its users reach it; https turns on HSTS."""
+    if public_url is not None and public_url.startswith("https://"):
+        app.add_middleware(StrictTransportSecurity)
+    # Added last, so outermost: nothing runs before the body limit.
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.get("/healthz", include_in_schema=False)
@@ -178,6 +209,19 @@ def _networks(trusted: frozenset[str]) -> tuple[ipaddress.IPv4Network | ipaddres
         except ValueError:
             continue
     return tuple(networks)
+
+
+def is_https(request: Request, trusted_proxies: frozenset[str]) -> bool:
+    """Whether the client reached us over https: the request's own scheme, or the
+    ``X-Forwarded-Proto`` of a trusted proxy that terminated TLS (its nearest hop's value)."""
+    if request.url.scheme == "https":
+        return True
+    peer = request.client.host if request.client else ""
+    if peer and _in(peer, trusted_proxies):
+        forwarded = request.headers.get("x-forwarded-proto", "")
+        hops = [h.strip().lower() for h in forwarded.split(",") if h.strip()]
+        return bool(hops) and hops[-1] == "https"
+    return False
 
 
 def client_address(request: Request, trusted_proxies: frozenset[str]) -> str:

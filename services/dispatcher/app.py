@@ -168,7 +168,12 @@ def create_app(
         runtime: ServiceRuntime = app.state.runtime
         return await runtime.ready()
 
-    install_common(app, ready, max_body_bytes=settings.max_body_bytes)
+    install_common(
+        app,
+        ready,
+        max_body_bytes=settings.max_body_bytes,
+        public_url=settings.dispatcher_public_url,
+    )
     install_feedback_webhooks(
         app, settings, recorder=lambda: app.state.feedback, sns=lambda: app.state.sns
     )

@@ -58,5 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(audit_router)
     install_error_responses(app)
     install_console(app)
-    install_common(app, runtime.ready, max_body_bytes=settings.max_body_bytes)
+    install_common(
+        app, runtime.ready, max_body_bytes=settings.max_body_bytes, public_url=settings.console_url
+    )
     return app

@@ -195,6 +195,20 @@ class StaffUser(Base):
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+class StaffSession(Base):
+    """A signed-in console session, kept on the server so signing out (or an account being
+    disabled) ends it at once. The cookie holds the key; only its SHA-256 is kept here."""
+
+    __tablename__ = "publisher_staff_sessions"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("publisher_staff_users.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
 class ActivityBucket(Base):
     """What happened to one action in one minute: the time series behind the dashboard's chart.
 

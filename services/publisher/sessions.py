@@ -1,24 +1,32 @@
-"""Console sessions: a signed cookie (itsdangerous) naming the staff account and holding the
-session's CSRF token.
+"""Console sessions: a signed cookie (itsdangerous) holding the session's CSRF token and, once
+signed in, a random session key whose record the server keeps (``StaffSession``): signing out
+deletes the record, so the cookie stops working at once, even a copy of it; it lasts 12 hours.
 
-The cookie is HttpOnly and SameSite=Lax, Secure when the console is reached over https. Every
-state-changing form carries the CSRF token in a hidden ``csrf_token`` field; a POST whose field
-does not match the session's token gets 403. Signed-out visitors get a session too (with no
-account), so the sign-in form itself is protected; signing in starts a new session (new token).
+The cookie is HttpOnly and SameSite=Lax, Secure when the console is reached over https (the
+request's scheme, ``X-Forwarded-Proto`` from a trusted proxy, or an https
+``UANET_CONSOLE_URL``). Every state-changing form carries the CSRF token in a hidden
+``csrf_token`` field; a POST whose field does not match the session's token gets 403.
+Signed-out visitors get a session too (with no account), so the sign-in form itself is
+protected; signing in starts a new session (new token, new key).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 from fastapi import Request, Response
 from itsdangerous import BadData, URLSafeTimedSerializer
+from sqlalchemy import delete
 
-from services.publisher.models import StaffUser
+from services.publisher.models import StaffSession, StaffUser
+from shared.db import utcnow
 from shared.settings import Settings
+from shared.web import is_https
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +39,47 @@ CSRF_FIELD = "csrf_token"
 class ConsoleSession:
     csrf_token: str
     user_id: int | None = None
+    # The server-side record's key (signed-in sessions only).
+    key: str | None = None
 
     @classmethod
     def fresh(cls, user_id: int | None = None) -> ConsoleSession:
-        return cls(csrf_token=secrets.token_urlsafe(32), user_id=user_id)
+        key = secrets.token_urlsafe(32) if user_id is not None else None
+        return cls(csrf_token=secrets.token_urlsafe(32), user_id=user_id, key=key)
+
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def start_session(request: Request, user: StaffUser) -> ConsoleSession:
+    """A new signed-in session, recorded on the server."""
+    session = ConsoleSession.fresh(user.id)
+    assert session.key is not None
+    now = utcnow()
+    async with request.app.state.database.write() as db:
+        # Expired records of anyone go too: the table holds only live sessions.
+        await db.execute(delete(StaffSession).where(StaffSession.expires_at <= now))
+        db.add(
+            StaffSession(
+                key_hash=_key_hash(session.key),
+                user_id=user.id,
+                created_at=now,
+                expires_at=now + timedelta(seconds=MAX_AGE),
+            )
+        )
+    return session
+
+
+async def end_session(request: Request) -> None:
+    """Signing out: the session's record goes, so its cookie (or a copy) no longer works."""
+    session = read_session(request)
+    if session is None or session.key is None:
+        return
+    async with request.app.state.database.write() as db:
+        await db.execute(
+            delete(StaffSession).where(StaffSession.key_hash == _key_hash(session.key))
+        )
 
 
 class SessionSigner:
@@ -48,7 +93,9 @@ class SessionSigner:
         self._serializer = URLSafeTimedSerializer(secret, salt="uanet.console-session")
 
     def dumps(self, session: ConsoleSession) -> str:
-        return self._serializer.dumps({"c": session.csrf_token, "u": session.user_id})
+        return self._serializer.dumps(
+            {"c": session.csrf_token, "u": session.user_id, "k": session.key}
+        )
 
     def loads(self, cookie: str) -> ConsoleSession | None:
         try:
@@ -57,10 +104,12 @@ class SessionSigner:
             return None
         if not isinstance(data, dict):
             return None
-        csrf, user_id = data.get("c"), data.get("u")
+        csrf, user_id, key = data.get("c"), data.get("u"), data.get("k")
         if not isinstance(csrf, str) or not (user_id is None or isinstance(user_id, int)):
             return None
-        return ConsoleSession(csrf_token=csrf, user_id=user_id)
+        if not (key is None or isinstance(key, str)):
+            return None
+        return ConsoleSession(csrf_token=csrf, user_id=user_id, key=key)
 
 
 def _signer(request: Request) -> SessionSigner:
@@ -82,14 +131,19 @@ def write_session(request: Request, response: Response, session: ConsoleSession)
         max_age=MAX_AGE,
         httponly=True,
         samesite="lax",
-        secure=request.url.scheme == "https",
+        secure=_secure(request),
         path="/",
     )
 
 
 def clear_session(request: Request, response: Response) -> None:
-    response.delete_cookie(
-        COOKIE, path="/", httponly=True, samesite="lax", secure=request.url.scheme == "https"
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax", secure=_secure(request))
+
+
+def _secure(request: Request) -> bool:
+    settings: Settings = request.app.state.settings
+    return settings.console_url.startswith("https://") or is_https(
+        request, settings.trusted_proxy_set
     )
 
 
@@ -102,9 +156,12 @@ def csrf_valid(session: ConsoleSession | None, submitted: object) -> bool:
 async def signed_in_user(request: Request) -> StaffUser | None:
     """The account of this request's session, if it is still there and not disabled."""
     session = read_session(request)
-    if session is None or session.user_id is None:
+    if session is None or session.user_id is None or session.key is None:
         return None
     async with request.app.state.database.read() as db:
+        record = await db.get(StaffSession, _key_hash(session.key))
+        if record is None or record.user_id != session.user_id or record.expires_at <= utcnow():
+            return None  # signed out (or expired): the cookie alone proves nothing
         user: StaffUser | None = await db.get(StaffUser, session.user_id)
     if user is None or user.disabled_at is not None:
         return None

@@ -89,7 +89,9 @@ def create_app(settings: Settings) -> FastAPI:
         return await runtime.ready()
 
     app = FastAPI(title="uanet subscriptions", lifespan=lifespan, docs_url=None, redoc_url=None)
-    install_common(app, ready, max_body_bytes=settings.max_body_bytes)
+    install_common(
+        app, ready, max_body_bytes=settings.max_body_bytes, public_url=settings.public_url
+    )
     app.include_router(api.router)
     app.include_router(pages.router)
     app.include_router(webhooks.router)

@@ -15,7 +15,9 @@ from services.publisher.console.common import (
 )
 from services.publisher.sessions import (
     ConsoleSession,
+    end_session,
     signed_in_user,
+    start_session,
     write_session,
 )
 from services.publisher.staff import SignInThrottle, check_sign_in, staff_user_by_email
@@ -67,13 +69,14 @@ async def login(request: Request) -> Response:
     throttle.succeeded(user_id=user.id, address=address)
     response = see_other(target)
     # A new session on sign-in: a token planted before it (session fixation) is worthless.
-    write_session(request, response, ConsoleSession.fresh(user.id))
+    write_session(request, response, await start_session(request, user))
     return response
 
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
     await read_form(request)
+    await end_session(request)
     response = see_other("/login")
     write_session(request, response, ConsoleSession.fresh())
     return response
