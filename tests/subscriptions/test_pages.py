@@ -6,10 +6,11 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.subscriptions.app import create_app
 from services.subscriptions.links import Links
 from services.subscriptions.models import Consent, Subscriber, Suppression
 from shared.tokens import LinkSigner
-from tests.subscriptions.conftest import PUBLIC_URL, outbox, path_of
+from tests.subscriptions.conftest import PUBLIC_URL, outbox, path_of, service_settings
 
 ANA = {"email": "ana@example.net", "phone": "+447911123456", "name": "Ana", "country": "GB"}
 
@@ -218,3 +219,16 @@ async def test_preferences_json_turns_a_channel_back_on_with_a_confirmation(
     assert body["awaiting_confirmation"] == ["email", "sms"]
     messages = await outbox(sessionmaker, "dispatch.message")
     assert [m["template"] for m in messages[before:]] == ["confirm_email"]
+
+
+async def test_an_https_public_url_means_hsts_on_every_page(subscriptions_db: str) -> None:
+    https = create_app(service_settings(subscriptions_db, public_url="https://act.example.org"))
+    plain = create_app(service_settings(subscriptions_db))
+    answers = []
+    for app in (https, plain):
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                answers.append(await http.get("/signup"))
+    assert answers[0].headers["strict-transport-security"].startswith("max-age=31536000")
+    assert "strict-transport-security" not in answers[1].headers
