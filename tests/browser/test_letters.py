@@ -60,11 +60,13 @@ async def test_a_subscriber_sends_her_letter_and_staff_see_it_counted(
     await every_field_is_labelled(page)
     letter = page.get_by_label("Your letter")
     await expect(letter).to_have_value("I am writing to urge you to release the journalist.")
-    await expect(page.get_by_label("Your email address")).to_have_value(SUBSCRIBER)
+    # Blank: the page shows no one's address (a forwarded alert opens it for someone else).
+    await expect(page.get_by_label("Your email address")).to_have_value("")
     await page.screenshot(path=str(artifacts_dir / "subscriber-letter-form.png"), full_page=True)
 
     # A mistake first (one the browser lets through): the form says which field, and keeps
     # what was written.
+    await page.get_by_label("Your name").fill("Ana Lima")
     await page.get_by_label("Your email address").fill("ana@example")
     await letter.fill(
         "I am writing to urge you to release him. He is a journalist, not a criminal."
