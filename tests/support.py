@@ -57,6 +57,7 @@ class SmtpRecorder:
         self._lock = threading.Lock()
         self.port = free_port()
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._started = False
 
     async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -81,10 +82,16 @@ class SmtpRecorder:
         return "250 Message accepted"
 
     def start(self) -> None:
-        self._controller.start()
+        # Idempotent: a caller that must hold the port before others bind (a proxy picking a
+        # free port of its own) starts it early, and open_stack's start is then a no-op.
+        if not self._started:
+            self._controller.start()
+            self._started = True
 
     def stop(self) -> None:
-        self._controller.stop()
+        if self._started:
+            self._controller.stop()
+            self._started = False
 
     def to(self, address: str) -> list[ReceivedMail]:
         with self._lock:

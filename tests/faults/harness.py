@@ -319,6 +319,7 @@ async def open_fault_stack(
     proxy = None
     settings = dict(env or {})
     if rtt_ms:
+        smtp.start()  # bound before the proxy picks a free port of its own
         proxy = await asyncio.to_thread(start_latency_proxy, f"127.0.0.1:{smtp.port}", rtt_ms)
         settings["UANET_SMTP_PORT"] = str(proxy.port)
     try:
