@@ -60,6 +60,27 @@ class SendOutcome:
     recipient: Recipient
     result: SendResult
     segments: int | None = None
+    slot: InDoubtSlot | None = None
+
+
+class InDoubtSlot:
+    """One send's place in the process's in-doubt window: taken just before the relay can
+    accept the message (its content goes out; an SMS is posted), given back once its outcome is
+    committed. The envelope's round trip holds none, so the window costs a far relay little."""
+
+    def __init__(self, window: asyncio.Semaphore) -> None:
+        self._window = window
+        self._taken = False
+
+    async def take(self) -> None:
+        if not self._taken:
+            await self._window.acquire()
+            self._taken = True
+
+    def release(self) -> None:
+        if self._taken:
+            self._taken = False
+            self._window.release()
 
 
 @dataclass
@@ -96,8 +117,9 @@ async def send_all(
     temporary failures.
 
     Outcomes are committed back to back (group commit): each commit takes what was accepted
-    while the previous one ran. A send holds a slot of the process's in-doubt window from
-    before it starts until its outcome is committed, so a crash leaves at most
+    while the previous one ran. A send holds a slot of the process's in-doubt window from the
+    moment the relay could accept it (``InDoubtSlot``) until its outcome is committed, so a
+    crash leaves at most
     ``IN_DOUBT_LIMIT`` messages accepted but still ``sending`` (the one unavoidable ambiguity),
     whatever the rate or the distance to the relay. The rows still held keep their lease
     renewed until their outcome is written.
@@ -108,36 +130,28 @@ async def send_all(
     results: asyncio.Queue[SendOutcome | None] = asyncio.Queue()
     pending = iter(recipients)
 
-    in_doubt = dispatcher.in_doubt
-    holding = 0  # slots of the in-doubt window this handling holds (released once recorded)
-
-    def release(count: int) -> None:
-        nonlocal holding
-        holding -= count
-        for _ in range(count):
-            in_doubt.release()
+    slots: list[InDoubtSlot] = []  # every send's slot, so a cancelled handling frees them
 
     async def worker() -> None:
-        nonlocal holding
         try:
             for recipient in pending:
                 if context.closed or dispatcher.stopping:
                     # The action closed meanwhile: what has not gone out stays home.
                     # Stopping: it is left, claimed, for release_claimed below.
                     break
-                await in_doubt.acquire()
-                holding += 1
+                slot = InDoubtSlot(dispatcher.in_doubt)
+                slots.append(slot)
                 try:
-                    outcome = await _send_one(dispatcher, context, recipient)
+                    outcome = await _send_one(dispatcher, context, recipient, slot)
                 except _Stopped:
-                    release(1)
+                    slot.release()
                     break
                 except Exception:  # noqa: BLE001 - one bad recipient must not stall the rest
                     log.exception(
                         "sending failed unexpectedly",
                         extra={"action": context.reference, "batch_id": context.batch_id},
                     )
-                    outcome = SendOutcome(recipient, SendResult.temporary("internal"))
+                    outcome = SendOutcome(recipient, SendResult.temporary("internal"), slot=slot)
                 await results.put(outcome)
         finally:
             await results.put(None)  # this worker is done
@@ -158,13 +172,16 @@ async def send_all(
                 try:
                     temporary.update(await _record_surely(dispatcher, context, outcomes))
                 finally:
-                    release(len(outcomes))
+                    for done in outcomes:
+                        if done.slot is not None:
+                            done.slot.release()
     finally:
         renewal.cancel()
         for task in workers:
             task.cancel()
         await asyncio.gather(renewal, *workers, return_exceptions=True)
-        release(holding)  # cancelled mid-way: the process is going; never starve the others
+        for slot in slots:  # cancelled mid-way: the process is going; never starve the others
+            slot.release()
     if dispatcher.stopping and not context.closed:
         async with context.writing, dispatcher.sessionmaker() as session, session.begin():
             context.released = await ledger.release_claimed(session, token=context.claim.token)
@@ -242,7 +259,7 @@ async def _renew_lease(dispatcher: Adapters, context: BatchContext) -> None:
 
 
 async def _send_one(
-    dispatcher: Adapters, context: BatchContext, recipient: Recipient
+    dispatcher: Adapters, context: BatchContext, recipient: Recipient, slot: InDoubtSlot
 ) -> SendOutcome:
     if recipient.channel == "email":
         ref = MessageRef.delivery(context.claim.mine[ledger.key_of(recipient)])
@@ -254,9 +271,9 @@ async def _send_one(
         if dispatcher.stopping:
             raise _Stopped  # the rate limit held it back until after SIGTERM: not sent
         result = await dispatcher.email.send(
-            dispatcher.envelope_for(ref), recipient.address, message
+            dispatcher.envelope_for(ref), recipient.address, message, on_content=slot.take
         )
-        return SendOutcome(recipient, result)
+        return SendOutcome(recipient, result, slot=slot)
     if context.alert is not None:
         body = dispatcher.renderer.alert_sms(context.alert, recipient.language, recipient.act_url)
     else:
@@ -268,7 +285,9 @@ async def _send_one(
     await dispatcher.sms_rate.acquire(segments)
     if dispatcher.stopping:
         raise _Stopped
-    return SendOutcome(recipient, await dispatcher.sms.send(recipient.address, body), segments)
+    await slot.take()
+    result = await dispatcher.sms.send(recipient.address, body)
+    return SendOutcome(recipient, result, segments, slot=slot)
 
 
 def _email_for(
