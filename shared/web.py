@@ -1,17 +1,21 @@
-"""What every service's HTTP side has: health, readiness, metrics, and errors that are never a 500
-for bad input."""
+"""What every service's HTTP side has: health, readiness, metrics, errors that are never a 500 for
+bad input, security headers on every response, and an OpenAPI document that says all of it."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.settings import DEFAULT_MAX_BODY_BYTES
@@ -19,6 +23,37 @@ from shared.settings import DEFAULT_MAX_BODY_BYTES
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
+OpenApiResponses = dict[int | str, dict[str, Any]]
+
+
+# ---- error bodies, as documented ---------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx JSON answer: what went wrong, in a sentence."""
+
+    detail: str
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class InvalidBody(BaseModel):
+    """The 422 answer: which fields are wrong and why (the input is never echoed back)."""
+
+    detail: str
+    errors: list[FieldProblem]
+
+
+def invalid_body(message: str, field: str = "body") -> JSONResponse:
+    """A 422 for a body that cannot be read at all (not JSON, not a form), in the usual shape."""
+    return JSONResponse(
+        {"detail": f"invalid: {field}", "errors": [{"field": field, "message": message}]},
+        status_code=422,
+    )
+
 
 _TOO_LARGE = b'{"detail":"request body too large"}'
 
@@ -140,31 +175,57 @@ class StrictTransportSecurity:
         await self.app(scope, receive, with_hsts)
 
 
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, bool]
+
+
 def install_common(
     app: FastAPI,
     ready: ReadyCheck,
+    headers: SecurityHeaders | None = None,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     public_url: str | None = None,
 ) -> None:
-    """``public_url``: the service as its users reach it; https turns on HSTS."""
+    """Health, readiness and metrics; the 422 body and no 500 for bad input; security headers
+    on every response (``headers``, else the API policy), HSTS when ``public_url`` (the service
+    as its users reach it) is https; the body limit; a true OpenAPI document."""
     if public_url is not None and public_url.startswith("https://"):
         app.add_middleware(StrictTransportSecurity)
-    # Added last, so outermost: nothing runs before the body limit.
+    # Added last, so outermost of the app's middleware: nothing runs before the body limit. The
+    # security headers wrap even that (install_security_headers), so a 413 carries them too.
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    install_security_headers(app, headers or API_HEADERS)
+    install_openapi(app)
 
-    @app.get("/healthz", include_in_schema=False)
+    @app.get("/healthz", tags=["operations"], response_model=Health)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", include_in_schema=False)
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Database or broker unreachable"}},
+    )
     async def readyz() -> Response:
         checks = await ready()
         status = 200 if all(checks.values()) else 503
         return JSONResponse({"ready": status == 200, "checks": checks}, status_code=status)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
     async def metrics() -> Response:
+        """Prometheus metrics, in its text format."""
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(RequestValidationError)
@@ -186,6 +247,227 @@ def route_template(request: Request) -> str:
     route = request.scope.get("route")
     template = getattr(route, "path", None)
     return template if isinstance(template, str) else "(no route)"
+
+
+# ---- security headers -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecurityHeaders:
+    """What every response of a service carries. A route may set its own Content-Security-Policy
+    (the console's email preview does); the others are the same everywhere."""
+
+    content_security_policy: str
+    referrer_policy: str = "same-origin"
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"content-security-policy", self.content_security_policy.encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", self.referrer_policy.encode()),
+        ]
+
+
+# JSON, CSV, metrics: nothing in them may load, run or be framed.
+API_HEADERS = SecurityHeaders(
+    "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    referrer_policy="no-referrer",
+)
+
+
+class SecurityHeadersMiddleware:
+    """Adds the service's security headers to every HTTP response, streamed ones (SSE) included,
+    unless the response already set that header. Plain ASGI: it never buffers a body."""
+
+    def __init__(self, app: ASGIApp, headers: SecurityHeaders) -> None:
+        self.app = app
+        self.headers = headers.items()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(n, v) for n, v in self.headers if n not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def install_security_headers(app: FastAPI, headers: SecurityHeaders) -> None:
+    """Wraps the whole middleware stack, Starlette's error handling included: the 500 answer
+    and whatever another middleware answers (a 413) carry the headers too."""
+    build = app.build_middleware_stack
+
+    def build_with_headers() -> ASGIApp:
+        return SecurityHeadersMiddleware(build(), headers)
+
+    app.build_middleware_stack = build_with_headers  # type: ignore[method-assign]
+
+
+# ---- OpenAPI: every status code with its body -------------------------------------------------
+
+
+HTML = {"text/html": {"schema": {"type": "string"}}}
+_DESCRIPTIONS = {
+    400: "The request could not be read (a malformed Content-Length, or a JSON body that is "
+    "not UTF-8)",
+    401: "No valid token (a bearer token is required; unknown or revoked ones are refused)",
+    403: "Not allowed for this token's role, or a webhook's signature is wrong",
+    404: "No such resource",
+    409: "Conflicts with the resource's state",
+    410: "Gone",
+    413: "Request body too large",
+    422: "Invalid: names each field that is wrong",
+    429: "Too many requests; try again later (Retry-After)",
+}
+
+
+def html_page(description: str) -> dict[str, Any]:
+    """One ``responses=`` entry: an HTML page (a subscriber's browser gets one for any outcome)."""
+    return {"description": description, "content": HTML}
+
+
+def error_responses(*codes: int, html: bool = False) -> OpenApiResponses:
+    """The ``responses=`` of a route: each code with our JSON error body (and an HTML page too,
+    for the subscriber pages that answer a browser with one)."""
+    out: OpenApiResponses = {}
+    for code in codes:
+        entry: dict[str, Any] = {
+            "description": _DESCRIPTIONS.get(code, "Error"),
+            "model": InvalidBody if code == 422 else ErrorBody,
+        }
+        if html:
+            entry["content"] = HTML
+        out[code] = entry
+    return out
+
+
+_REQUEST_MODELS: dict[str, type[BaseModel]] = {}
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+
+
+# Marks documented bodies that the route does not validate (a webhook: its signature decides).
+# Removed from the published document.
+_UNVALIDATED = "x-uanet-unvalidated"
+
+
+def request_body(
+    model: type[BaseModel],
+    *,
+    media_types: Iterable[str] = (JSON, FORM),
+    validated: bool = True,
+) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its own body (JSON or a form): the model's schema
+    as the documented request body."""
+    _REQUEST_MODELS[model.__name__] = model
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    body: dict[str, Any] = {
+        # A webhook acknowledges any signed form, an empty one too.
+        "required": validated,
+        "content": {media_type: {"schema": ref} for media_type in media_types},
+    }
+    if not validated:
+        body[_UNVALIDATED] = True
+    return {"requestBody": body}
+
+
+def _can_be_invalid(operation: dict[str, Any]) -> bool:
+    """Whether validation can refuse a call (422): a validated body, or a parameter that is
+    required outside the path or constrained beyond "any string"."""
+    body = operation.get("requestBody")
+    if body is not None and not body.pop(_UNVALIDATED, False):
+        return True
+    for parameter in operation.get("parameters", []):
+        if parameter.get("in") != "path" and parameter.get("required"):
+            return True
+        schema = {k: v for k, v in parameter.get("schema", {}).items() if k != "title"}
+        if schema != {"type": "string"}:
+            return True
+    return False
+
+
+def _refs(node: Any) -> Iterable[str]:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+            yield ref.removeprefix("#/components/schemas/")
+        for value in node.values():
+            yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
+def _schema_of(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for def_name, definition in schema.pop("$defs", {}).items():
+        components.setdefault(def_name, definition)
+    components.setdefault(model.__name__, schema)
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def document_errors(schema: dict[str, Any]) -> None:
+    """Make the generated document say what the services really answer, for every operation:
+
+    - 422 is our body (``detail`` and ``errors`` by field), not FastAPI's default;
+    - every operation may answer 400 (a malformed Content-Length; a JSON body FastAPI parses
+      that is not UTF-8) and 413 (a body over the limit, refused before it is read);
+    - an operation that requires a token may answer 401 (none, unknown, revoked) and 403 (role);
+    - an operation whose body or parameters can be invalid answers 422 (and only such an
+      operation: FastAPI's default 422 goes where nothing can fail);
+    - request bodies declared with ``request_body`` get their models' schemas.
+    """
+    components: dict[str, Any] = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name in {name for name in _refs(schema.get("paths", {})) if name in _REQUEST_MODELS}:
+        _schema_of(_REQUEST_MODELS[name], components)
+    invalid = _schema_of(InvalidBody, components)
+    error = _schema_of(ErrorBody, components)
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses: dict[str, Any] = operation.setdefault("responses", {})
+            # Any request: a malformed Content-Length (400) or a body over the limit (413) is
+            # refused before routing; FastAPI also answers 400 to a JSON body that is not UTF-8.
+            problems: list[int] = [400, 413]
+            if any("HTTPBearer" in requirement for requirement in operation.get("security", [])):
+                problems += [401, 403]
+            if _can_be_invalid(operation):
+                problems.append(422)
+            else:
+                responses.pop("422", None)  # FastAPI's default, for parameters that cannot fail
+            for code in problems:
+                # Beside what the route says it answers (the webhook's plain-text 400, say).
+                entry = responses.setdefault(str(code), {"description": _DESCRIPTIONS[code]})
+                content = entry.setdefault("content", {})
+                content.setdefault(JSON, {"schema": invalid if code == 422 else error})
+            unprocessable = responses.get("422")
+            if unprocessable is not None:
+                unprocessable.setdefault("content", {})[JSON] = {"schema": invalid}
+                unprocessable["description"] = _DESCRIPTIONS[422]
+    # FastAPI's own 422 shapes, now unused.
+    for name in ("HTTPValidationError", "ValidationError"):
+        if name not in set(_refs(schema.get("paths", {}))) and name not in set(_refs(components)):
+            components.pop(name, None)
+
+
+def install_openapi(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            # A copy: FastAPI's document shares dicts with the routes' openapi_extra, which other
+            # apps built from the same routers read too.
+            schema = copy.deepcopy(generate())
+            document_errors(schema)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _in(address: str, trusted: frozenset[str]) -> bool:

@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict
 
 from rendering.renderer import Renderer
 from services.dispatcher.feedback.port import BouncePort
@@ -37,8 +38,8 @@ from shared.events import (
 )
 from shared.runtime import ServiceRuntime, Subscription
 from shared.settings import Settings
-from shared.twilio_signature import twilio_signature_valid
-from shared.web import install_common
+from shared.twilio_signature import FORBIDDEN_RESPONSE, TwilioSignature, twilio_signature_valid
+from shared.web import FORM, install_common, request_body
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,18 @@ def get_dispatcher(request: Request) -> Dispatcher:
 
 
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+PLAIN_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+
+
+class TwilioStatusCallback(BaseModel):
+    """The form fields we read of Twilio's status callback (it sends more). Twilio always sends
+    the first two; a signed callback without them is acknowledged and changes nothing."""
+
+    model_config = ConfigDict(extra="allow")
+
+    MessageSid: str = ""
+    MessageStatus: str = ""
+    ErrorCode: str = ""
 
 
 def subscriptions(
@@ -178,8 +191,24 @@ def create_app(
         app, settings, recorder=lambda: app.state.feedback, sns=lambda: app.state.sns
     )
 
-    @app.post(STATUS_WEBHOOK_PATH, include_in_schema=False)
-    async def twilio_status(request: Request, dispatcher: DispatcherDep) -> Response:
+    @app.post(
+        STATUS_WEBHOOK_PATH,
+        tags=["webhooks"],
+        response_class=PlainTextResponse,
+        openapi_extra=request_body(TwilioStatusCallback, media_types=(FORM,), validated=False),
+        responses={
+            200: {
+                "description": "Recorded (unknown message sids and intermediate statuses too)",
+                "content": PLAIN_TEXT,
+            },
+            400: {"description": "The body is not a form", "content": PLAIN_TEXT},
+            **FORBIDDEN_RESPONSE,
+        },
+    )
+    async def twilio_status(
+        request: Request, dispatcher: DispatcherDep, signature: TwilioSignature
+    ) -> Response:
+        """Twilio's delivery receipts for the SMS we sent (``StatusCallback``)."""
         token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else ""
         # Nothing unsigned is parsed (within the body limit, and no files ever spooled).
         if not token or not request.headers.get("x-twilio-signature"):
@@ -193,7 +222,7 @@ def create_app(
             auth_token=token,
             url=f"{settings.dispatcher_public_url}{STATUS_WEBHOOK_PATH}",
             form=form,
-            signature=request.headers.get("x-twilio-signature"),
+            signature=signature,
         ):
             return PlainTextResponse("forbidden", status_code=403)
         sid = str(form.get("MessageSid") or "")

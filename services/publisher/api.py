@@ -34,11 +34,25 @@ from services.publisher.schemas import (
 from services.publisher.tally import StatsNotifier, read_stats, stats_changed_at
 from shared.access import CallerFirstRoute, guard_unknown_api_paths
 from shared.runtime import ServiceRuntime
+from shared.web import error_responses
 
 # CallerFirstRoute: the token and its role are checked before the path, the query or the body.
 router = APIRouter(prefix="/api/v1/actions", tags=["urgent actions"], route_class=CallerFirstRoute)
 # Any token may learn that a path does not exist; no token gets 401 first (contract §7).
 ANY_TOKEN = TokenGuard(frozenset(ROLES))
+
+STATS_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"const": "stats"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/ActionStats"},
+        },
+    },
+}
 
 # Two drafts created at the same instant may race for one reference number; the loser retries.
 CREATE_ATTEMPTS = 5
@@ -119,13 +133,13 @@ async def list_actions(
     )
 
 
-@router.get("/{action_id}", response_model=UrgentActionRead)
+@router.get("/{action_id}", response_model=UrgentActionRead, responses=error_responses(404))
 async def get_action(action_id: ActionId, _: Reader, database: DatabaseDep) -> UrgentActionRead:
     async with database.read() as session:
         return _read(await domain.get_action(session=session, action_id=action_id))
 
 
-@router.patch("/{action_id}", response_model=UrgentActionRead)
+@router.patch("/{action_id}", response_model=UrgentActionRead, responses=error_responses(404, 409))
 async def edit_draft(
     action_id: ActionId, changes: UrgentActionUpdate, principal: Writer, database: DatabaseDep
 ) -> UrgentActionRead:
@@ -145,7 +159,9 @@ async def edit_draft(
     return _read(action)
 
 
-@router.put("/{action_id}/targets", response_model=UrgentActionRead)
+@router.put(
+    "/{action_id}/targets", response_model=UrgentActionRead, responses=error_responses(404, 409)
+)
 async def replace_targets(
     action_id: ActionId,
     targets: TargetsReplace,
@@ -165,7 +181,9 @@ async def replace_targets(
     return _read(action)
 
 
-@router.post("/{action_id}/publish", response_model=UrgentActionRead)
+@router.post(
+    "/{action_id}/publish", response_model=UrgentActionRead, responses=error_responses(404, 409)
+)
 async def publish(
     action_id: ActionId, principal: Writer, database: DatabaseDep, runtime: RuntimeDep
 ) -> UrgentActionRead:
@@ -181,6 +199,7 @@ async def publish(
     "/{action_id}/updates",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ActionUpdateRead,
+    responses=error_responses(404, 409, 422),
 )
 async def follow_up(
     action_id: ActionId,
@@ -197,7 +216,9 @@ async def follow_up(
     return ActionUpdateRead.model_validate(update)
 
 
-@router.post("/{action_id}/close", response_model=UrgentActionRead)
+@router.post(
+    "/{action_id}/close", response_model=UrgentActionRead, responses=error_responses(404, 409)
+)
 async def close(
     action_id: ActionId,
     close_in: ActionClose,
@@ -213,13 +234,23 @@ async def close(
     return _read(action)
 
 
-@router.get("/{action_id}/stats", response_model=ActionStats)
+@router.get("/{action_id}/stats", response_model=ActionStats, responses=error_responses(404))
 async def stats(action_id: ActionId, _: Reader, database: DatabaseDep) -> ActionStats:
     async with database.read() as session:
         return await read_stats(session=session, action_id=action_id)
 
 
-@router.get("/{action_id}/stats.csv", response_class=Response)
+@router.get(
+    "/{action_id}/stats.csv",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The counts as CSV",
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        },
+        **error_responses(404),
+    },
+)
 async def stats_as_csv(action_id: ActionId, _: Reader, database: DatabaseDep) -> Response:
     async with database.read() as session:
         counts = await read_stats(session=session, action_id=action_id)
@@ -230,7 +261,19 @@ async def stats_as_csv(action_id: ActionId, _: Reader, database: DatabaseDep) ->
     )
 
 
-@router.get("/{action_id}/stats/stream", response_class=StreamingResponse)
+@router.get(
+    "/{action_id}/stats/stream",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events: the counts on connect, then again whenever they "
+            "change (between them, keep-alive comments)",
+            # Each event, as Open API before 3.2 describes a stream's events.
+            "content": {"text/event-stream": {"schema": STATS_EVENT}},
+        },
+        **error_responses(404),
+    },
+)
 async def stats_live(
     action_id: ActionId,
     # A coordinator's token, or the console's session cookie: the action's page streams its

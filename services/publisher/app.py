@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from services.publisher.api import audit_router, install_error_responses, router
 from services.publisher.audit import AUDIT_QUEUE, AuditConsumer
 from services.publisher.bounces import BOUNCE_QUEUE, BounceConsumer
-from services.publisher.console import install_console
+from services.publisher.console import CONSOLE_HEADERS, install_console
 from services.publisher.database import Database
 from services.publisher.models import Outbox
 from services.publisher.tally import TALLY_EVENTS, StatsNotifier, TallyConsumer
@@ -48,7 +48,14 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="uanet publisher", version="1", lifespan=lifespan)
+    # No /docs page: Swagger UI runs inline script, which the console's policy refuses.
+    app = FastAPI(
+        title="uanet publisher",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.database = database
@@ -59,6 +66,10 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_responses(app)
     install_console(app)
     install_common(
-        app, runtime.ready, max_body_bytes=settings.max_body_bytes, public_url=settings.console_url
+        app,
+        runtime.ready,
+        CONSOLE_HEADERS,
+        max_body_bytes=settings.max_body_bytes,
+        public_url=settings.console_url,
     )
     return app

@@ -18,14 +18,14 @@ from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.publisher.audit import TOKEN_CREATED, TOKEN_REVOKED, Actor, record
 from services.publisher.database import Database
 from services.publisher.models import ApiToken, Outbox
-from services.publisher.sessions import signed_in_user
+from services.publisher.sessions import COOKIE, signed_in_user
 from shared import events
 from shared.access import Guard, forbidden, unauthorized
 from shared.db import outbox_row, utcnow
@@ -268,4 +268,24 @@ class TokenGuard(Guard):
 Writer = Annotated[Principal, Depends(TokenGuard(WRITE_ROLES))]
 Reader = Annotated[Principal, Depends(TokenGuard(READ_ROLES))]
 Admin = Annotated[Principal, Depends(TokenGuard(ADMIN_ROLES))]
-StreamReader = Annotated[Principal, Depends(TokenGuard(READ_ROLES, console_session=True))]
+# Declared for the OpenAPI document only: the session cookie is read by signed_in_user.
+_console_cookie = APIKeyCookie(name=COOKIE, auto_error=False, scheme_name="ConsoleSession")
+
+
+class SessionOrTokenGuard(TokenGuard):
+    """TokenGuard with ``console_session``, whose document names both ways in (alternatives)."""
+
+    def __init__(self, roles: frozenset[str]) -> None:
+        super().__init__(roles, console_session=True)
+
+    async def __call__(
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        session: Annotated[str | None, Depends(_console_cookie)] = None,
+    ) -> Principal:
+        principal: Principal = await self.caller(request)
+        return principal
+
+
+StreamReader = Annotated[Principal, Depends(SessionOrTokenGuard(READ_ROLES))]

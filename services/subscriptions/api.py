@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 
 from services.subscriptions.data_rights import erase_subscriber, export_subscriber
@@ -27,6 +29,7 @@ from services.subscriptions.web import (
     read_body,
 )
 from shared.access import CallerFirstRoute
+from shared.web import HTML, error_responses, invalid_body, request_body
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +41,33 @@ router = APIRouter(route_class=CallerFirstRoute)
 ACCEPTED = {"status": "pending", "detail": "check your inbox or phone to confirm"}
 
 
-@router.post("/api/v1/subscribers", status_code=202, response_model=None)
+class SignUpAccepted(BaseModel):
+    status: Literal["pending"]
+    detail: str
+
+
+@router.post(
+    "/api/v1/subscribers",
+    status_code=202,
+    response_model=None,
+    tags=["subscribers"],
+    openapi_extra=request_body(SubscriberCreate),
+    responses={
+        202: {
+            "description": "Taken (or already known: the answer is the same); a confirmation "
+            "goes out. JSON for JSON, the confirmation page for a form",
+            "model": SignUpAccepted,
+            "content": HTML,
+        },
+        **error_responses(422, 429, html=True),
+    },
+)
 async def create_subscriber(request: Request, state: StateDep) -> Response:
     as_json = is_json(request)
     try:
         data = await read_body(request)
     except BadBody as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return invalid_body(str(exc))
     try:
         try:
             subscriber_in = parse(SubscriberCreate, data, from_form=not as_json).checked()
@@ -87,7 +110,7 @@ async def create_subscriber(request: Request, state: StateDep) -> Response:
     return state.page(request, "signup_done.html", status=202)
 
 
-@router.get("/signup", response_class=HTMLResponse)
+@router.get("/signup", response_class=HTMLResponse, tags=["pages"])
 async def signup_page(request: Request, state: StateDep) -> HTMLResponse:
     return state.page(request, "signup.html", {"errors": {}, "values": {}})
 
@@ -99,7 +122,18 @@ def _not_found() -> JSONResponse:
     return JSONResponse({"detail": "no such subscriber"}, status_code=404)
 
 
-@router.get("/api/v1/subscribers/{subscriber_id}/export", response_model=None)
+@router.get(
+    "/api/v1/subscribers/{subscriber_id}/export",
+    response_model=None,
+    tags=["data rights"],
+    responses={
+        200: {
+            "description": "Everything kept about the person, from every table",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        **error_responses(404),
+    },
+)
 async def export_subscriber_data(
     subscriber_id: uuid.UUID, state: StateDep, _admin: AdminDep
 ) -> Response:
@@ -112,7 +146,13 @@ async def export_subscriber_data(
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
 
-@router.delete("/api/v1/subscribers/{subscriber_id}", status_code=204, response_model=None)
+@router.delete(
+    "/api/v1/subscribers/{subscriber_id}",
+    status_code=204,
+    response_model=None,
+    tags=["data rights"],
+    responses={204: {"description": "Erased"}, **error_responses(404)},
+)
 async def erase_subscriber_data(
     subscriber_id: uuid.UUID, state: StateDep, admin: AdminDep
 ) -> Response:

@@ -21,7 +21,7 @@ from services.subscriptions.handlers import SubscriptionHandlers
 from services.subscriptions.links import Links
 from services.subscriptions.models import Outbox
 from services.subscriptions.tokens import ADMIN_GUARD, make_token_handler
-from services.subscriptions.web import STATIC_DIR, ServiceState, make_renderer
+from services.subscriptions.web import PAGE_HEADERS, STATIC_DIR, ServiceState, make_renderer
 from shared import events
 from shared.access import guard_unknown_api_paths
 from shared.runtime import ServiceRuntime, Subscription
@@ -90,7 +90,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="uanet subscriptions", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_common(
-        app, ready, max_body_bytes=settings.max_body_bytes, public_url=settings.public_url
+        app,
+        ready,
+        PAGE_HEADERS,
+        max_body_bytes=settings.max_body_bytes,
+        public_url=settings.public_url,
     )
     app.include_router(api.router)
     app.include_router(pages.router)

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from services.subscriptions import letters, responses, store
+from services.subscriptions import page_docs as docs
 from services.subscriptions.audience import content_language
 from services.subscriptions.models import ActionRecipient, ActionUpdate, KnownAction, Subscriber
 from services.subscriptions.schemas import LetterCreate, PreferencesUpdate, ReportCreate
@@ -31,8 +32,9 @@ from services.subscriptions.web import (
 from shared.db import utcnow
 from shared.i18n import language_name
 from shared.tokens import InvalidToken
+from shared.web import invalid_body, request_body
 
-router = APIRouter()
+router = APIRouter(tags=["pages"])
 
 # Why a letter cannot be sent: (HTTP status, title, message) of the page or JSON answer.
 LETTER_REFUSALS: dict[letters.Refusal, tuple[int, str, str]] = {
@@ -75,7 +77,7 @@ def render_markdown(text: str) -> str:
 # ---- confirm ----------------------------------------------------------------------------------
 
 
-@router.get("/confirm/{token}", response_class=HTMLResponse)
+@router.get("/confirm/{token}", response_class=HTMLResponse, responses=docs.INVALID_LINK)
 async def confirm(token: str, request: Request, state: StateDep) -> HTMLResponse:
     try:
         ref = state.links.read_confirm(token)
@@ -98,7 +100,7 @@ async def confirm(token: str, request: Request, state: StateDep) -> HTMLResponse
 # ---- unsubscribe ------------------------------------------------------------------------------
 
 
-@router.get("/unsubscribe/{token}", response_class=HTMLResponse)
+@router.get("/unsubscribe/{token}", response_class=HTMLResponse, responses=docs.INVALID_LINK)
 async def unsubscribe_page(token: str, request: Request, state: StateDep) -> HTMLResponse:
     # Showing the page changes nothing: mail scanners follow links.
     try:
@@ -122,7 +124,7 @@ async def unsubscribe_page(token: str, request: Request, state: StateDep) -> HTM
     )
 
 
-@router.post("/unsubscribe/{token}", response_class=HTMLResponse)
+@router.post("/unsubscribe/{token}", response_class=HTMLResponse, responses=docs.INVALID_LINK)
 async def unsubscribe_now(token: str, request: Request, state: StateDep) -> HTMLResponse:
     """RFC 8058 one-click: takes effect at once, whatever the body (``List-Unsubscribe=One-Click``
     from a mail client, or the page's button)."""
@@ -185,7 +187,7 @@ def _preferences_json(subscriber: Subscriber, awaiting: list[str]) -> dict[str, 
     }
 
 
-@router.get("/preferences/{token}", response_class=HTMLResponse)
+@router.get("/preferences/{token}", response_class=HTMLResponse, responses=docs.INVALID_LINK)
 async def preferences_page(token: str, request: Request, state: StateDep) -> HTMLResponse:
     try:
         public_id = state.links.read_preferences(token)
@@ -198,17 +200,22 @@ async def preferences_page(token: str, request: Request, state: StateDep) -> HTM
     return _preferences_page(state, request, token, subscriber)
 
 
-@router.post("/preferences/{token}", response_model=None)
+@router.post(
+    "/preferences/{token}",
+    response_model=None,
+    openapi_extra=request_body(PreferencesUpdate),
+    responses=docs.PREFERENCES_SAVED,
+)
 async def save_preferences(token: str, request: Request, state: StateDep) -> Response:
     as_json = is_json(request)
     try:
         public_id = state.links.read_preferences(token)
     except InvalidToken:
-        return state.invalid_link(request)
+        return _invalid_link(state, request, as_json)
     try:
         data = await read_body(request)
     except BadBody as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return invalid_body(str(exc))
     if not as_json:
         # An unticked check box sends nothing: from the form, no channel means none.
         data.setdefault("channels", [])
@@ -221,7 +228,7 @@ async def save_preferences(token: str, request: Request, state: StateDep) -> Res
         async with state.sessionmaker() as session:
             subscriber = await store.subscriber_by_public_id(session, public_id)
         if subscriber is None:
-            return state.invalid_link(request)
+            return _invalid_link(state, request, as_json)
         return _preferences_page(
             state, request, token, subscriber, 422, errors=errors_by_field(exc)
         )
@@ -239,10 +246,16 @@ async def save_preferences(token: str, request: Request, state: StateDep) -> Res
                 )
             )
     if subscriber is None:
-        return state.invalid_link(request)
+        return _invalid_link(state, request, as_json)
     if as_json:
         return JSONResponse(_preferences_json(subscriber, awaiting))
     return _preferences_page(state, request, token, subscriber, saved=True, awaiting=awaiting)
+
+
+def _invalid_link(state: ServiceState, request: Request, as_json: bool) -> Response:
+    if as_json:
+        return JSONResponse({"detail": "unknown or invalid link"}, status_code=404)
+    return state.invalid_link(request)
 
 
 # ---- the action page and reports ---------------------------------------------------------------
@@ -333,7 +346,7 @@ async def _action_page(
     return state.page(request, "act.html", context, status, language=subscriber.language)
 
 
-@router.get("/act/{token}", response_class=HTMLResponse)
+@router.get("/act/{token}", response_class=HTMLResponse, responses=docs.INVALID_LINK)
 async def action_page(token: str, request: Request, state: StateDep) -> HTMLResponse:
     found = await _load_recipient(state, token)
     if found is None:
@@ -342,20 +355,24 @@ async def action_page(token: str, request: Request, state: StateDep) -> HTMLResp
     return await _action_page(state, request, token, action, subscriber)
 
 
-@router.post("/act/{token}", response_model=None)
+@router.post(
+    "/act/{token}",
+    status_code=202,
+    response_model=None,
+    openapi_extra=request_body(ReportCreate),
+    responses=docs.REPORTED,
+)
 async def report_action(token: str, request: Request, state: StateDep) -> Response:
     """Count what the subscriber did; a closed action still takes reports."""
     as_json = is_json(request)
     found = await _load_recipient(state, token)
     if found is None:
-        if as_json:
-            return JSONResponse({"detail": "unknown or invalid link"}, status_code=404)
-        return state.invalid_link(request)
+        return _invalid_link(state, request, as_json)
     recipient, action, subscriber = found
     try:
         data = await read_body(request)
     except BadBody as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return invalid_body(str(exc))
     try:
         report = parse(ReportCreate, data)
     except RequestValidationError as exc:
@@ -409,15 +426,19 @@ def _letter_refused(
     return state.error_page(request, status, title, message, language=language)
 
 
-@router.post("/act/{token}/letter", response_model=None)
+@router.post(
+    "/act/{token}/letter",
+    status_code=202,
+    response_model=None,
+    openapi_extra=request_body(LetterCreate),
+    responses=docs.LETTER_SENT,
+)
 async def send_letter(token: str, request: Request, state: StateDep) -> Response:
     """Email the subscriber's letter to each target with an address (through the dispatcher)."""
     as_json = is_json(request)
     found = await _load_recipient(state, token)
     if found is None:
-        if as_json:
-            return JSONResponse({"detail": "unknown or invalid link"}, status_code=404)
-        return state.invalid_link(request)
+        return _invalid_link(state, request, as_json)
     recipient, action, subscriber = found
     refused = letters.refusal(action, utcnow().date())
     if refused is not None:
@@ -426,7 +447,7 @@ async def send_letter(token: str, request: Request, state: StateDep) -> Response
     try:
         data = await read_body(request)
     except BadBody as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return invalid_body(str(exc))
     try:
         letter = parse(LetterCreate, data)
     except RequestValidationError as exc:

@@ -26,7 +26,7 @@ from services.subscriptions.schemas import TEXT_INPUT, FieldError
 from services.subscriptions.subscribers import Origin
 from shared.i18n import Translations, text_direction
 from shared.settings import Settings
-from shared.web import client_address
+from shared.web import SecurityHeaders, client_address
 
 SERVICE_DIR = Path(__file__).resolve().parent
 TEMPLATES_DIR = SERVICE_DIR / "templates"
@@ -37,6 +37,15 @@ LIST_FIELDS = ("channels", "themes")
 JSON_TYPES = ("application/json", "application/merge-patch+json")
 
 M = TypeVar("M", bound=BaseModel)
+
+# Every response of the service (set once by shared.web.install_common). The pages need no
+# script at all; their URLs hold a subscriber's signed token, so no Referer ever carries one
+# to another site.
+PAGE_HEADERS = SecurityHeaders(
+    "default-src 'self'; script-src 'none'; style-src 'self'; img-src 'self' data:; "
+    "form-action 'self'; base-uri 'none'; object-src 'none'",
+    referrer_policy="no-referrer",
+)
 
 
 def N_(message: str) -> str:  # noqa: N802 - gettext's own name for "mark for translation"
@@ -154,7 +163,6 @@ class ServiceState:
         response.headers["Content-Language"] = lang
         # Pages carry personal links and data: never cached by a shared cache.
         response.headers["Cache-Control"] = "no-store"
-        response.headers["Referrer-Policy"] = "no-referrer"
         return response
 
     def error_page(

@@ -6,11 +6,13 @@ import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict
 from twilio.twiml.messaging_response import MessagingResponse
 
 from services.subscriptions.inbound_sms import handle_inbound_sms
 from services.subscriptions.web import StateDep
-from shared.twilio_signature import twilio_signature_valid
+from shared.twilio_signature import FORBIDDEN_RESPONSE, TwilioSignature, twilio_signature_valid
+from shared.web import FORM, request_body
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +28,31 @@ def twiml(text: str | None) -> Response:
     return Response(str(answer.to_xml()), media_type=TWIML)
 
 
-@router.post("/webhooks/twilio/sms", response_model=None)
-async def inbound_sms(request: Request, state: StateDep) -> Response:
+class InboundSms(BaseModel):
+    """The form fields we read of Twilio's inbound message webhook (it sends more). Twilio always
+    sends them; a signed call without them is answered with an empty TwiML all the same."""
+
+    model_config = ConfigDict(extra="allow")
+
+    From: str = ""
+    Body: str = ""
+    MessageSid: str = ""
+
+
+@router.post(
+    "/webhooks/twilio/sms",
+    response_class=Response,
+    tags=["webhooks"],
+    openapi_extra=request_body(InboundSms, media_types=(FORM,), validated=False),
+    responses={
+        200: {
+            "description": "TwiML: the answer to send back (HELP, YES, STOP...), or none",
+            "content": {TWIML: {"schema": {"type": "string"}}},
+        },
+        **FORBIDDEN_RESPONSE,
+    },
+)
+async def inbound_sms(request: Request, state: StateDep, signature: TwilioSignature) -> Response:
     settings = state.settings
     token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else ""
     # Nothing unsigned is parsed (within the body limit, and no files ever spooled).
@@ -42,7 +67,7 @@ async def inbound_sms(request: Request, state: StateDep) -> Response:
         auth_token=token,
         url=f"{settings.public_url}/webhooks/twilio/sms",
         form=form,
-        signature=request.headers.get("x-twilio-signature"),
+        signature=signature,
     )
     if not valid:
         log.warning("inbound sms with a bad or missing signature")

@@ -48,12 +48,6 @@ class Published:
     coordinator: str
 
 
-def _cli_token(stack: Stack, role: str) -> str:
-    created = stack.cli("token", "create", "--role", role, "--name", f"letters-{role}")
-    assert created.returncode == 0, created.stderr
-    return created.stdout.strip().splitlines()[-1]
-
-
 async def publish_to_a_subscriber(client: httpx.AsyncClient, stack: Stack) -> Published:
     """Ana signs up and confirms; staff publish the action; her alert's act link."""
     signed_up = await client.post(
@@ -66,7 +60,7 @@ async def publish_to_a_subscriber(client: httpx.AsyncClient, stack: Stack) -> Pu
     assert confirm
     assert (await client.get(confirm.group(0))).status_code == 200
 
-    staff = {"Authorization": f"Bearer {_cli_token(stack, 'staff')}"}
+    staff = {"Authorization": f"Bearer {stack.token('staff', 'letters-staff')}"}
     created = await client.post(
         stack.url("publisher") + "/api/v1/actions", json=ACTION, headers=staff
     )
@@ -83,7 +77,7 @@ async def publish_to_a_subscriber(client: httpx.AsyncClient, stack: Stack) -> Pu
     )
     act = re.search(r"https?://\S+/act/[^\s\"'<>]+", alerts[0].part("plain"))
     assert act
-    return Published(action_id, act.group(0), _cli_token(stack, "coordinator"))
+    return Published(action_id, act.group(0), stack.token("coordinator", "letters-coordinator"))
 
 
 async def stats(client: httpx.AsyncClient, stack: Stack, published: Published) -> Any:

@@ -49,6 +49,12 @@ class Stack:
             timeout=120,
         )
 
+    def token(self, role: str, name: str | None = None) -> str:
+        """A new API token of ``role``, made by the real ``uanet token create``."""
+        created = self.cli("token", "create", "--role", role, "--name", name or f"e2e-{role}")
+        assert created.returncode == 0, created.stderr
+        return created.stdout.strip().splitlines()[-1]
+
     def start(self, service: str) -> None:
         log = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 - lives with the process
         self.processes[service] = subprocess.Popen(

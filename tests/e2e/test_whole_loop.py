@@ -89,12 +89,6 @@ async def stack(
                 assert secret_value not in log, f"{service} logged personal data"
 
 
-def token(stack: Stack, role: str) -> str:
-    created = stack.cli("token", "create", "--role", role, "--name", f"e2e-{role}")
-    assert created.returncode == 0, created.stderr
-    return created.stdout.strip().splitlines()[-1]
-
-
 def link(text: str, path: str) -> str:
     match = re.search(r"https?://[^\s\"'<>]+" + re.escape(path) + r"[^\s\"'<>]+", text)
     assert match, f"no {path} link in {text[:500]!r}"
@@ -139,7 +133,7 @@ async def stats_of(client: httpx.AsyncClient, stack: Stack, action_id: str, auth
 
 
 async def test_publish_alert_respond_count(stack: Stack) -> None:
-    staff, coordinator = token(stack, "staff"), token(stack, "coordinator")
+    staff, coordinator = stack.token("staff"), stack.token("coordinator")
     staff_auth = {"Authorization": f"Bearer {staff}"}
     coord_auth = {"Authorization": f"Bearer {coordinator}"}
     subs = stack.url("subscriptions")

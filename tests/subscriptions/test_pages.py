@@ -200,6 +200,16 @@ async def test_preferences_page_and_form(
     invalid_json = await client.post(path, json={"language": "french"})
     assert invalid_json.status_code == 422
     assert {e["field"] for e in invalid_json.json()["errors"]} == {"language"}
+    # A body that is no JSON at all: the same 422 shape, as documented.
+    unreadable = await client.post(
+        path, content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert unreadable.status_code == 422
+    assert unreadable.json()["errors"] == [{"field": "body", "message": "body is not valid JSON"}]
+    # A JSON caller with a bad link gets JSON, as documented; a browser gets the page.
+    bad_link = await client.post(tamper(path), json={"language": "fr"})
+    assert bad_link.status_code == 404
+    assert bad_link.json() == {"detail": "unknown or invalid link"}
 
 
 async def test_preferences_json_turns_a_channel_back_on_with_a_confirmation(
@@ -232,3 +242,23 @@ async def test_an_https_public_url_means_hsts_on_every_page(subscriptions_db: st
                 answers.append(await http.get("/signup"))
     assert answers[0].headers["strict-transport-security"].startswith("max-age=31536000")
     assert "strict-transport-security" not in answers[1].headers
+
+
+async def test_every_page_sends_the_security_headers(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], links: Links
+) -> None:
+    subscriber = await signed_up(client, sessionmaker)
+    pages = [
+        await client.get("/signup"),
+        await client.get(path_of(links.preferences(subscriber.public_id))),
+        await client.get("/confirm/not-a-token"),  # the 404 page too
+        await client.post("/api/v1/subscribers", json={"email": "x"}),  # and the JSON 422
+    ]
+    for page in pages:
+        policy = page.headers["content-security-policy"]
+        # No script at all, nothing inline; forms only to us.
+        assert "script-src 'none'" in policy and "unsafe-inline" not in policy, policy
+        assert "form-action 'self'" in policy
+        assert page.headers["x-content-type-options"] == "nosniff"
+        # The URL holds the subscriber's signed token: never sent on in a Referer.
+        assert page.headers["referrer-policy"] == "no-referrer"

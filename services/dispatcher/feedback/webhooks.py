@@ -30,6 +30,7 @@ from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.dispatcher.feedback import webhook_docs as docs
 from services.dispatcher.feedback.models import WebhookToken
 from services.dispatcher.feedback.record import FeedbackRecorder
 from services.dispatcher.feedback.reports import Feedback, FeedbackKind, clean_status, status_class
@@ -273,8 +274,8 @@ def install_feedback_webhooks(
     """The three webhooks on the dispatcher's app; ``recorder`` and ``sns`` are read per call
     (the lifespan makes them)."""
 
-    @app.post(SENDGRID_PATH, include_in_schema=False)
-    async def sendgrid(request: Request) -> Response:
+    @app.post(SENDGRID_PATH, tags=["webhooks"], **docs.SENDGRID)  # type: ignore[arg-type]
+    async def sendgrid(request: Request, _signature: docs.SendGridSignature) -> Response:
         body = await request.body()
         key = settings.sendgrid_webhook_public_key
         if not key or not sendgrid_signature_valid(
@@ -294,7 +295,7 @@ def install_feedback_webhooks(
         await recorder().record_all(reports)
         return PlainTextResponse("", status_code=200)
 
-    @app.post(MAILGUN_PATH, include_in_schema=False)
+    @app.post(MAILGUN_PATH, tags=["webhooks"], **docs.MAILGUN)  # type: ignore[arg-type]
     async def mailgun(request: Request) -> Response:
         secret = settings.mailgun_webhook_signing_key
         # An empty key would let anyone sign: off, like an unset one.
@@ -328,7 +329,7 @@ def install_feedback_webhooks(
             await recorder().record(report)
         return PlainTextResponse("", status_code=200)
 
-    @app.post(SES_PATH, include_in_schema=False)
+    @app.post(SES_PATH, tags=["webhooks"], **docs.SES)  # type: ignore[arg-type]
     async def ses(request: Request) -> Response:
         try:
             message = json.loads(await request.body())

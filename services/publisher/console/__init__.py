@@ -11,11 +11,10 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from services.publisher.console import action_page, audit_log, compose, index, signin
 from services.publisher.console.common import (
-    CSP,
+    CONSOLE_HEADERS,
     HERE,
     ConsoleError,
     SignInRequired,
@@ -25,22 +24,12 @@ from services.publisher.console.common import (
 from services.publisher.sessions import SessionSigner, signed_in_user
 from services.publisher.staff import SignInThrottle
 
+__all__ = ["CONSOLE_HEADERS", "install_console", "router"]
+
 # Every page of the console, in one router (the authorization matrix walks its routes).
 router = APIRouter(include_in_schema=False)
 for _page in (signin, index, compose, action_page, audit_log):
     router.include_router(_page.router)
-
-
-class ContentSecurityPolicy(BaseHTTPMiddleware):
-    """Every page the console serves gets a self-only policy unless its route chose one."""
-
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        response = await call_next(request)
-        if not request.url.path.startswith("/api/"):
-            response.headers.setdefault("Content-Security-Policy", CSP)
-            response.headers.setdefault("X-Content-Type-Options", "nosniff")
-            response.headers.setdefault("Referrer-Policy", "same-origin")
-        return response
 
 
 def install_console(app: FastAPI) -> None:
@@ -48,7 +37,6 @@ def install_console(app: FastAPI) -> None:
     app.state.sign_in_throttle = SignInThrottle()
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    app.add_middleware(ContentSecurityPolicy)
 
     @app.exception_handler(ConsoleError)
     async def console_error(request: Request, exc: ConsoleError) -> Response:

@@ -27,6 +27,7 @@ from services.publisher.sessions import (
     write_session,
 )
 from shared.events import Outcome
+from shared.web import SecurityHeaders
 
 # The publisher's templates and static files, beside this package.
 HERE = Path(__file__).resolve().parents[1]
@@ -34,14 +35,17 @@ PAGE_SIZE = 25
 HISTORY_SIZE = 50  # an action's page shows its latest changes; the audit log has them all
 OUTCOMES: tuple[str, ...] = Outcome.__args__  # type: ignore[attr-defined]
 UPDATE_FIELDS = ("subject", "body", "sms")
-# Console pages load only what we serve. The preview page also lets the email's own inline
-# styles apply inside its sandboxed iframe (scripts stay blocked there and everywhere).
+# Console pages load only what we serve, run no inline script and are never framed elsewhere
+# (clickjacking a publish button). The preview page also lets the email's own inline styles
+# apply inside its sandboxed iframe (scripts stay blocked there and everywhere).
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "frame-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
     "base-uri 'none'; object-src 'none'"
 )
 PREVIEW_CSP = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+# Every response of the publisher (console and API), set once by shared.web.install_common.
+CONSOLE_HEADERS = SecurityHeaders(CSP, referrer_policy="same-origin")
 
 
 _templates = Environment(
@@ -108,7 +112,7 @@ def render(
     *,
     status: int = 200,
     user: StaffUser | None = None,
-    csp: str = CSP,
+    csp: str | None = None,
 ) -> HTMLResponse:
     session = read_session(request)
     fresh = session is None
@@ -125,7 +129,8 @@ def render(
         }
     )
     response = HTMLResponse(body, status_code=status)
-    response.headers["Content-Security-Policy"] = csp
+    if csp is not None:  # a page that needs another policy than the service's
+        response.headers["Content-Security-Policy"] = csp
     if fresh:
         write_session(request, response, session)
     return response
