@@ -5,11 +5,12 @@ same error bodies as the API), a browser's form post a page."""
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from shared.web import HTML, OpenApiResponses, error_responses, html_page
+from services.subscriptions.schemas import LetterCreate, PreferencesUpdate, ReportCreate
+from shared.web import HTML, OpenApiResponses, error_responses, html_page, request_body
 
 
 class PreferencesRead(BaseModel):
@@ -70,3 +71,12 @@ LETTER_SENT: OpenApiResponses = {
     },
     **page_or_json_errors(404, 409, 410, 422, 429),
 }
+
+
+# The POST routes' documentation: their JSON-or-form bodies and their answers.
+SAVE_PREFERENCES: dict[str, Any] = {
+    "openapi_extra": request_body(PreferencesUpdate),
+    "responses": PREFERENCES_SAVED,
+}
+REPORT: dict[str, Any] = {"openapi_extra": request_body(ReportCreate), "responses": REPORTED}
+LETTER: dict[str, Any] = {"openapi_extra": request_body(LetterCreate), "responses": LETTER_SENT}

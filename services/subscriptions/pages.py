@@ -32,7 +32,7 @@ from services.subscriptions.web import (
 from shared.db import utcnow
 from shared.i18n import language_name
 from shared.tokens import InvalidToken
-from shared.web import invalid_body, request_body
+from shared.web import invalid_body
 
 router = APIRouter(tags=["pages"])
 
@@ -200,12 +200,7 @@ async def preferences_page(token: str, request: Request, state: StateDep) -> HTM
     return _preferences_page(state, request, token, subscriber)
 
 
-@router.post(
-    "/preferences/{token}",
-    response_model=None,
-    openapi_extra=request_body(PreferencesUpdate),
-    responses=docs.PREFERENCES_SAVED,
-)
+@router.post("/preferences/{token}", response_model=None, **docs.SAVE_PREFERENCES)
 async def save_preferences(token: str, request: Request, state: StateDep) -> Response:
     as_json = is_json(request)
     try:
@@ -355,13 +350,7 @@ async def action_page(token: str, request: Request, state: StateDep) -> HTMLResp
     return await _action_page(state, request, token, action, subscriber)
 
 
-@router.post(
-    "/act/{token}",
-    status_code=202,
-    response_model=None,
-    openapi_extra=request_body(ReportCreate),
-    responses=docs.REPORTED,
-)
+@router.post("/act/{token}", status_code=202, response_model=None, **docs.REPORT)
 async def report_action(token: str, request: Request, state: StateDep) -> Response:
     """Count what the subscriber did; a closed action still takes reports."""
     as_json = is_json(request)
@@ -426,13 +415,7 @@ def _letter_refused(
     return state.error_page(request, status, title, message, language=language)
 
 
-@router.post(
-    "/act/{token}/letter",
-    status_code=202,
-    response_model=None,
-    openapi_extra=request_body(LetterCreate),
-    responses=docs.LETTER_SENT,
-)
+@router.post("/act/{token}/letter", status_code=202, response_model=None, **docs.LETTER)
 async def send_letter(token: str, request: Request, state: StateDep) -> Response:
     """Email the subscriber's letter to each target with an address (through the dispatcher)."""
     as_json = is_json(request)
