@@ -8,7 +8,6 @@ Neither adapter raises for a delivery problem and neither logs an address or a n
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -46,15 +45,8 @@ class SendResult:
         return cls("temporary", error_code=code)
 
 
-# Awaited by an email sender right before a message's content goes to the relay: from then on
-# the relay may accept it (see the dispatcher's in-doubt window).
-ContentGate = Callable[[], Awaitable[None]]
-
-
 class EmailSender(Protocol):
-    async def send(
-        self, sender: str, recipient: str, message: bytes, *, on_content: ContentGate | None = None
-    ) -> SendResult: ...
+    async def send(self, sender: str, recipient: str, message: bytes) -> SendResult: ...
 
     async def close(self) -> None: ...
 

@@ -60,27 +60,6 @@ class SendOutcome:
     recipient: Recipient
     result: SendResult
     segments: int | None = None
-    slot: InDoubtSlot | None = None
-
-
-class InDoubtSlot:
-    """One send's place in the process's in-doubt window: taken just before the relay can
-    accept the message (its content goes out; an SMS is posted), given back once its outcome is
-    committed. The envelope's round trip holds none, so the window costs a far relay little."""
-
-    def __init__(self, window: asyncio.Semaphore) -> None:
-        self._window = window
-        self._taken = False
-
-    async def take(self) -> None:
-        if not self._taken:
-            await self._window.acquire()
-            self._taken = True
-
-    def release(self) -> None:
-        if self._taken:
-            self._taken = False
-            self._window.release()
 
 
 @dataclass
@@ -117,9 +96,8 @@ async def send_all(
     temporary failures.
 
     Outcomes are committed back to back (group commit): each commit takes what was accepted
-    while the previous one ran. A send holds a slot of the process's in-doubt window from the
-    moment the relay could accept it (``InDoubtSlot``) until its outcome is committed, so a
-    crash leaves at most
+    while the previous one ran. A send holds a slot of the process's in-doubt window from
+    before it starts until its outcome is committed, so a crash leaves at most
     ``IN_DOUBT_LIMIT`` messages accepted but still ``sending`` (the one unavoidable ambiguity),
     whatever the rate or the distance to the relay. The rows still held keep their lease
     renewed until their outcome is written.
@@ -130,28 +108,36 @@ async def send_all(
     results: asyncio.Queue[SendOutcome | None] = asyncio.Queue()
     pending = iter(recipients)
 
-    slots: list[InDoubtSlot] = []  # every send's slot, so a cancelled handling frees them
+    in_doubt = dispatcher.in_doubt
+    holding = 0  # slots of the in-doubt window this handling holds (released once recorded)
+
+    def release(count: int) -> None:
+        nonlocal holding
+        holding -= count
+        for _ in range(count):
+            in_doubt.release()
 
     async def worker() -> None:
+        nonlocal holding
         try:
             for recipient in pending:
                 if context.closed or dispatcher.stopping:
                     # The action closed meanwhile: what has not gone out stays home.
                     # Stopping: it is left, claimed, for release_claimed below.
                     break
-                slot = InDoubtSlot(dispatcher.in_doubt)
-                slots.append(slot)
+                await in_doubt.acquire()
+                holding += 1
                 try:
-                    outcome = await _send_one(dispatcher, context, recipient, slot)
+                    outcome = await _send_one(dispatcher, context, recipient)
                 except _Stopped:
-                    slot.release()
+                    release(1)
                     break
                 except Exception:  # noqa: BLE001 - one bad recipient must not stall the rest
                     log.exception(
                         "sending failed unexpectedly",
                         extra={"action": context.reference, "batch_id": context.batch_id},
                     )
-                    outcome = SendOutcome(recipient, SendResult.temporary("internal"), slot=slot)
+                    outcome = SendOutcome(recipient, SendResult.temporary("internal"))
                 await results.put(outcome)
         finally:
             await results.put(None)  # this worker is done
@@ -172,16 +158,13 @@ async def send_all(
                 try:
                     temporary.update(await _record_surely(dispatcher, context, outcomes))
                 finally:
-                    for done in outcomes:
-                        if done.slot is not None:
-                            done.slot.release()
+                    release(len(outcomes))
     finally:
         renewal.cancel()
         for task in workers:
             task.cancel()
         await asyncio.gather(renewal, *workers, return_exceptions=True)
-        for slot in slots:  # cancelled mid-way: the process is going; never starve the others
-            slot.release()
+        release(holding)  # cancelled mid-way: the process is going; never starve the others
     if dispatcher.stopping and not context.closed:
         async with context.writing, dispatcher.sessionmaker() as session, session.begin():
             context.released = await ledger.release_claimed(session, token=context.claim.token)
@@ -259,7 +242,7 @@ async def _renew_lease(dispatcher: Adapters, context: BatchContext) -> None:
 
 
 async def _send_one(
-    dispatcher: Adapters, context: BatchContext, recipient: Recipient, slot: InDoubtSlot
+    dispatcher: Adapters, context: BatchContext, recipient: Recipient
 ) -> SendOutcome:
     if recipient.channel == "email":
         ref = MessageRef.delivery(context.claim.mine[ledger.key_of(recipient)])
@@ -271,9 +254,9 @@ async def _send_one(
         if dispatcher.stopping:
             raise _Stopped  # the rate limit held it back until after SIGTERM: not sent
         result = await dispatcher.email.send(
-            dispatcher.envelope_for(ref), recipient.address, message, on_content=slot.take
+            dispatcher.envelope_for(ref), recipient.address, message
         )
-        return SendOutcome(recipient, result, slot=slot)
+        return SendOutcome(recipient, result)
     if context.alert is not None:
         body = dispatcher.renderer.alert_sms(context.alert, recipient.language, recipient.act_url)
     else:
@@ -285,9 +268,7 @@ async def _send_one(
     await dispatcher.sms_rate.acquire(segments)
     if dispatcher.stopping:
         raise _Stopped
-    await slot.take()
-    result = await dispatcher.sms.send(recipient.address, body)
-    return SendOutcome(recipient, result, segments, slot=slot)
+    return SendOutcome(recipient, await dispatcher.sms.send(recipient.address, body), segments)
 
 
 def _email_for(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from aiosmtplib import SMTPStatus
 
-from services.dispatcher.senders import ContentGate, SendResult
+from services.dispatcher.senders import SendResult
 from services.dispatcher.smtp_client import (
     RelayBusy,
     RelayGone,
@@ -45,14 +45,6 @@ class _Job:
     message: bytes
     future: asyncio.Future[SendResult]
     requeued: int = 0
-    on_content: ContentGate | None = None
-    content_gated: bool = False
-
-    async def before_content(self) -> None:
-        """Once, however often the message is requeued: its content is about to go out."""
-        if self.on_content is not None and not self.content_gated:
-            self.content_gated = True
-            await self.on_content()
 
     def resolve(self, result: SendResult) -> None:
         if not self.future.done():  # the caller may have given up (cancelled) meanwhile
@@ -99,20 +91,12 @@ class SmtpEmailSender:
         self._opening = 0
         self._closing = False
 
-    async def send(
-        self, sender: str, recipient: str, message: bytes, *, on_content: ContentGate | None = None
-    ) -> SendResult:
+    async def send(self, sender: str, recipient: str, message: bytes) -> SendResult:
         if _UNFIT_ADDRESS.search(recipient) or _UNFIT_ADDRESS.search(sender):
             return SendResult.failed("invalid_address")
         if self._closing:
             return SendResult.temporary("smtp:unavailable")
-        job = _Job(
-            sender,
-            recipient,
-            message,
-            asyncio.get_running_loop().create_future(),
-            on_content=on_content,
-        )
+        job = _Job(sender, recipient, message, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         self._wake()
         return await job.future
@@ -319,7 +303,6 @@ class SmtpEmailSender:
             try:
                 parts: list[bytes] = []
                 if pending is not None:
-                    await pending.before_content()
                     parts.append(message_content(pending.message))
                 if job is not None and envelope is not None:
                     if connection.needs_reset:
@@ -378,7 +361,6 @@ class SmtpEmailSender:
                     connection.needs_reset = False
                 accepted = await self._envelope_replies(connection, job, lockstep=envelope)
                 if accepted:
-                    await job.before_content()
                     await connection.write(message_content(job.message))
                     content_sent = True
                     done = await connection.reply()

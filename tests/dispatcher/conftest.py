@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from rendering.renderer import Renderer
 from services.dispatcher.handlers import Dispatcher
 from services.dispatcher.schedule import system_clock
-from services.dispatcher.senders import ContentGate, SendResult
+from services.dispatcher.senders import SendResult
 from services.dispatcher.throttle import RateLimiter
 from shared.db import make_engine, make_sessionmaker
 from shared.events import (
@@ -119,11 +119,7 @@ class FakeEmailSender:
     sent: list[tuple[str, str, bytes]] = field(default_factory=list)
     script: dict[str, list[SendResult]] = field(default_factory=dict)
 
-    async def send(
-        self, sender: str, recipient: str, message: bytes, *, on_content: ContentGate | None = None
-    ) -> SendResult:
-        if on_content is not None:
-            await on_content()  # as the real one does before the content goes out
+    async def send(self, sender: str, recipient: str, message: bytes) -> SendResult:
         queued = self.script.get(recipient)
         if queued:
             result = queued.pop(0)

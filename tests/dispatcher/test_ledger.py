@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.dispatcher import ledger
 from services.dispatcher.adapters import IN_DOUBT_LIMIT
 from services.dispatcher.models import Delivery, DispatchAction, Outbox, TransactionalDelivery
-from services.dispatcher.senders import ContentGate, SendResult
+from services.dispatcher.senders import SendResult
 from shared.events import (
     ActionClosed,
     SubscriberErased,
@@ -335,21 +335,11 @@ async def test_sends_in_doubt_never_exceed_the_window_and_all_slots_come_back(
         in_flight = 0
         most = 0
 
-        async def send(
-            self,
-            sender: str,
-            recipient: str,
-            message: bytes,
-            *,
-            on_content: ContentGate | None = None,
-        ) -> SendResult:
-            await asyncio.sleep(0.005)  # the envelope, answered by a relay some distance away
-            if on_content is not None:
-                await on_content()
-            SlowRelay.in_flight += 1  # from here the relay may accept it
+        async def send(self, sender: str, recipient: str, message: bytes) -> SendResult:
+            SlowRelay.in_flight += 1
             SlowRelay.most = max(SlowRelay.most, SlowRelay.in_flight)
             try:
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # a relay some distance away
                 return await super().send(sender, recipient, message)
             finally:
                 SlowRelay.in_flight -= 1
