@@ -6,12 +6,16 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from shared.settings import Settings
+from shared.settings import SERVICES, Settings
+
+if TYPE_CHECKING:
+    from tests.e2e.stack import Stack
 
 AMQP_BASE = os.environ.get("UANET_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 PG_ADMIN_DSN = os.environ.get("UANET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -89,3 +93,19 @@ def make_settings(amqp_url: str) -> Callable[..., Settings]:
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+async def stack(amqp_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    """The three services as processes on SQLite files and a fresh vhost (a test module that
+    needs another shape defines its own ``stack``)."""
+    from tests.e2e.stack import close_stack, open_stack
+
+    urls = {s: f"sqlite+aiosqlite:///{tmp_path / f'{s}.db'}" for s in SERVICES}
+    running = await open_stack(
+        amqp_url=amqp_url, database_urls=urls, log_dir=tmp_path, secret=SECRET
+    )
+    try:
+        yield running
+    finally:
+        await close_stack(running)

@@ -5,18 +5,14 @@ the thank-you page and the console go to ``test-artifacts/``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from email.utils import getaddresses
 from pathlib import Path
 
 import httpx
-import pytest
 from playwright.async_api import Browser, expect
 
-from shared.settings import SERVICES
 from tests.browser.conftest import NEEDS_CHROMIUM
 from tests.browser.test_subscriber_pages import every_field_is_labelled
-from tests.conftest import SECRET
 from tests.e2e.letters_flow import (
     JUDGE,
     MINISTER,
@@ -26,22 +22,10 @@ from tests.e2e.letters_flow import (
     create_staff_user,
     publish_to_a_subscriber,
 )
-from tests.e2e.stack import Stack, close_stack, open_stack
+from tests.e2e.stack import Stack
 from tests.support import eventually
 
 pytestmark = NEEDS_CHROMIUM
-
-
-@pytest.fixture
-async def stack(amqp_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
-    urls = {s: f"sqlite+aiosqlite:///{tmp_path / f'{s}.db'}" for s in SERVICES}
-    running = await open_stack(
-        amqp_url=amqp_url, database_urls=urls, log_dir=tmp_path, secret=SECRET
-    )
-    try:
-        yield running
-    finally:
-        await close_stack(running)
 
 
 async def test_a_subscriber_sends_her_letter_and_staff_see_it_counted(

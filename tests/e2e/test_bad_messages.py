@@ -3,31 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import httpx
 import pytest
 
 from shared.messaging import QUEUES, Broker
 from shared.settings import SERVICES
-from tests.conftest import SECRET
-from tests.e2e.stack import Stack, close_stack, open_stack
+from tests.e2e.stack import Stack
 from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def stack(amqp_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
-    urls = {s: f"sqlite+aiosqlite:///{tmp_path / f'{s}.db'}" for s in SERVICES}
-    running = await open_stack(
-        amqp_url=amqp_url, database_urls=urls, log_dir=tmp_path, secret=SECRET
-    )
-    try:
-        yield running
-    finally:
-        await close_stack(running)
 
 
 async def test_malformed_messages_are_dead_lettered_and_consumers_go_on(stack: Stack) -> None:

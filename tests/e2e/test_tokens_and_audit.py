@@ -5,15 +5,12 @@ seconds, and an erasure made on the subscriptions service lands in the publisher
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable
-from pathlib import Path
+from collections.abc import Awaitable
 
 import httpx
 import pytest
 
-from shared.settings import SERVICES
-from tests.conftest import SECRET
-from tests.e2e.stack import Stack, close_stack, open_stack
+from tests.e2e.stack import Stack
 from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
@@ -21,18 +18,6 @@ pytestmark = pytest.mark.e2e
 # The contract asks for 5 s; the test waits longer before calling it a failure, so a slow
 # machine shows the figure instead of a flaky failure (the elapsed time is printed).
 PATIENCE = 30.0
-
-
-@pytest.fixture
-async def stack(amqp_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
-    urls = {s: f"sqlite+aiosqlite:///{tmp_path / f'{s}.db'}" for s in SERVICES}
-    running = await open_stack(
-        amqp_url=amqp_url, database_urls=urls, log_dir=tmp_path, secret=SECRET
-    )
-    try:
-        yield running
-    finally:
-        await close_stack(running)
 
 
 def create_token(stack: Stack, role: str, name: str) -> str:
