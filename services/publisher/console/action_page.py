@@ -3,11 +3,12 @@ target address, the activity chart and the CSV of its counts."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 
 from rendering.renderer import Renderer
@@ -130,6 +131,35 @@ def _form_values(form: FormData) -> dict[str, str]:
     return {k: v[:25_000] for k, v in form.items() if isinstance(v, str) and k != CSRF_FIELD}
 
 
+async def _send_from_page(
+    request: Request,
+    user: StaffUser,
+    action: UrgentAction,
+    form: FormData,
+    *,
+    prefix: str,
+    change: Callable[[AsyncSession], Awaitable[object]],
+    notice: str,
+) -> Response:
+    """A follow-up or a close posted from the action's page: done, back to the page with a
+    notice; refused, the page again with the errors beside the fields named ``prefix-…``."""
+    try:
+        async with database_of(request).write() as session:
+            await change(session)
+    except ValidationError as exc:
+        errors = _update_errors(exc, prefix)
+    except domain.InvalidFollowUp as exc:
+        errors = {f"{prefix}-content": exc.message}
+    except domain.ActionConflict as exc:
+        raise ConsoleError(409, "Not published", str(exc)) from None
+    else:
+        request.app.state.runtime.relay.notify()
+        return see_other(f"/actions/{action.id}?notice={notice}")
+    return await _action_page(
+        request, user, action, errors=errors, values=_form_values(form), status=422
+    )
+
+
 @router.post("/actions/{action_id}/updates")
 async def follow_up(request: Request, action_id: str) -> Response:
     user = await require_user(request, WRITE_ROLES)
@@ -142,23 +172,15 @@ async def follow_up(request: Request, action_id: str) -> Response:
         "outcome": outcome if kind == "outcome" else None,
         "content": _update_content(form, list(action.content), "update"),
     }
-    try:
+
+    async def add(session: AsyncSession) -> object:
         update_in = ActionUpdateCreate.model_validate(payload)
-        async with database_of(request).write() as session:
-            await domain.add_follow_up(
-                session=session, action_id=action.id, update_in=update_in, actor=actor_of(user)
-            )
-    except ValidationError as exc:
-        errors = _update_errors(exc, "update")
-    except domain.InvalidFollowUp as exc:
-        errors = {"update-content": exc.message}
-    except domain.ActionConflict as exc:
-        raise ConsoleError(409, "Not published", str(exc)) from None
-    else:
-        request.app.state.runtime.relay.notify()
-        return see_other(f"/actions/{action.id}?notice=update")
-    return await _action_page(
-        request, user, action, errors=errors, values=_form_values(form), status=422
+        return await domain.add_follow_up(
+            session=session, action_id=action.id, update_in=update_in, actor=actor_of(user)
+        )
+
+    return await _send_from_page(
+        request, user, action, form, prefix="update", change=add, notice="update"
     )
 
 
@@ -169,23 +191,15 @@ async def close(request: Request, action_id: str) -> Response:
     form = await read_form(request)
     content = _update_content(form, list(action.content), "close")
     payload = {"outcome": form.get("close-outcome") or None, "content": content or None}
-    try:
+
+    async def close_it(session: AsyncSession) -> object:
         close_in = ActionClose.model_validate(payload)
-        async with database_of(request).write() as session:
-            await domain.close_action(
-                session=session, action_id=action.id, close_in=close_in, actor=actor_of(user)
-            )
-    except ValidationError as exc:
-        errors = _update_errors(exc, "close")
-    except domain.InvalidFollowUp as exc:
-        errors = {"close-content": exc.message}
-    except domain.ActionConflict as exc:
-        raise ConsoleError(409, "Not published", str(exc)) from None
-    else:
-        request.app.state.runtime.relay.notify()
-        return see_other(f"/actions/{action.id}?notice=closed")
-    return await _action_page(
-        request, user, action, errors=errors, values=_form_values(form), status=422
+        return await domain.close_action(
+            session=session, action_id=action.id, close_in=close_in, actor=actor_of(user)
+        )
+
+    return await _send_from_page(
+        request, user, action, form, prefix="close", change=close_it, notice="closed"
     )
 
 
