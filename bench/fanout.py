@@ -142,6 +142,23 @@ async def seed(stack: Stack, n: int, workdir: Path) -> str:
     return "uanet subscribers import --confirmed"
 
 
+async def started(stack: Stack, n: int, workdir: Path) -> tuple[dict[str, str], str]:
+    """Migrated, seeded with N subscribers, the three services up: (admin auth header, the
+    actions API URL)."""
+    if stack.cli("migrate").returncode != 0:
+        raise SystemExit("migrate failed")
+    seeded = time.monotonic()
+    how = await seed(stack, n, workdir)
+    print(f"seeded {n} subscribers in {time.monotonic() - seeded:.1f}s ({how})")
+    for service in SERVICES:
+        stack.start(service)
+    for service in SERVICES:
+        await stack.wait_ready(service)
+    token = stack.cli("token", "create", "--role", "admin", "--name", "bench")
+    auth = {"Authorization": f"Bearer {token.stdout.strip().splitlines()[-1]}"}
+    return auth, stack.url("publisher") + "/api/v1/actions"
+
+
 async def floor_rate(port: int, n: int, concurrency: int, message: bytes) -> float:
     """aiosmtplib alone: N pre-built messages, same concurrency, no broker, no database."""
     sink_count = 0
@@ -228,18 +245,7 @@ async def _run(infra: Scratch, n: int, postgres: bool, concurrency: int) -> None
     # An SmtpRecorder is only there to satisfy Stack's shape; the sink is smtp-sink.
     stack = Stack(env=env, smtp=SmtpRecorder(), twilio=twilio, log_dir=workdir, ports=ports)
     try:
-        if stack.cli("migrate").returncode != 0:
-            raise SystemExit("migrate failed")
-        seeded = time.monotonic()
-        how = await seed(stack, n, workdir)
-        print(f"seeded {n} subscribers in {time.monotonic() - seeded:.1f}s ({how})")
-        for service in SERVICES:
-            stack.start(service)
-        for service in SERVICES:
-            await stack.wait_ready(service)
-        token = stack.cli("token", "create", "--role", "admin", "--name", "bench")
-        auth = {"Authorization": f"Bearer {token.stdout.strip().splitlines()[-1]}"}
-        api = stack.url("publisher") + "/api/v1/actions"
+        auth, api = await started(stack, n, workdir)
         async with httpx.AsyncClient(timeout=60) as client:
             created = await client.post(api, json={**ACTION, "channels": ["email"]}, headers=auth)
             action_id = created.json()["id"]
@@ -322,16 +328,7 @@ async def _run_distance(infra: Scratch, n: int, concurrency: int, rtt_ms: float)
     stack = Stack(env=env, smtp=SmtpRecorder(), twilio=twilio, log_dir=workdir, ports=ports)
     rates: dict[float, float] = {}
     try:
-        if stack.cli("migrate").returncode != 0:
-            raise SystemExit("migrate failed")
-        await seed(stack, n, workdir)
-        for service in SERVICES:
-            stack.start(service)
-        for service in SERVICES:
-            await stack.wait_ready(service)
-        token = stack.cli("token", "create", "--role", "admin", "--name", "bench")
-        auth = {"Authorization": f"Bearer {token.stdout.strip().splitlines()[-1]}"}
-        api = stack.url("publisher") + "/api/v1/actions"
+        auth, api = await started(stack, n, workdir)
         print(f"N = {n} per run, UANET_SMTP_CONCURRENCY {concurrency}, SQLite, through the proxy")
         for run_index, rtt in enumerate((0.0, rtt_ms)):
             if run_index:
