@@ -1,9 +1,12 @@
 """Amazon SNS message signatures (how SES bounce, complaint and delivery notifications arrive).
 
 SNS signs each message with the key of a certificate it names by URL (``SigningCertURL``). That
-URL is only believed, and fetched, when it is an ``https://sns.<region>.amazonaws.com/...pem``
-address; the same rule guards the ``SubscribeURL`` we visit to confirm a subscription. Both go
-through ``SnsGateway``, so tests hand in one with a certificate they made.
+URL is only believed, and fetched, when it is exactly
+``https://sns.<region>.amazonaws.com/SimpleNotificationService-<hex>.pem`` for a real AWS region
+(no query, no fragment, no user, no port): any other host under amazonaws.com (an S3 bucket,
+``sns.s3.amazonaws.com``, is one anyone can name) or path could serve an attacker's key. The
+``SubscribeURL`` we visit to confirm a subscription must be on such a host too. Both go through
+``SnsGateway``, so tests hand in one with a certificate they made.
 """
 
 from __future__ import annotations
@@ -21,7 +24,52 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-_SNS_HOST = re.compile(r"^sns\.[a-z0-9-]{1,40}\.amazonaws\.com(\.cn)?$")
+# The AWS regions SNS runs in (docs.aws.amazon.com/general/latest/gr/sns.html); a new region
+# is added here before its feedback is used.
+AWS_REGIONS = frozenset(
+    {
+        "af-south-1",
+        "ap-east-1",
+        "ap-east-2",
+        "ap-northeast-1",
+        "ap-northeast-2",
+        "ap-northeast-3",
+        "ap-south-1",
+        "ap-south-2",
+        "ap-southeast-1",
+        "ap-southeast-2",
+        "ap-southeast-3",
+        "ap-southeast-4",
+        "ap-southeast-5",
+        "ap-southeast-6",
+        "ap-southeast-7",
+        "ca-central-1",
+        "ca-west-1",
+        "eu-central-1",
+        "eu-central-2",
+        "eu-north-1",
+        "eu-south-1",
+        "eu-south-2",
+        "eu-west-1",
+        "eu-west-2",
+        "eu-west-3",
+        "il-central-1",
+        "me-central-1",
+        "me-south-1",
+        "mx-central-1",
+        "sa-east-1",
+        "us-east-1",
+        "us-east-2",
+        "us-gov-east-1",
+        "us-gov-west-1",
+        "us-west-1",
+        "us-west-2",
+    }
+)
+AWS_CHINA_REGIONS = frozenset({"cn-north-1", "cn-northwest-1"})  # under amazonaws.com.cn
+_SNS_HOST = re.compile(r"sns\.([a-z0-9-]{1,40})\.amazonaws\.com(\.cn)?")
+_PRINTABLE = re.compile(r"[!-~]{1,2048}")
+_CERTIFICATE_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]{1,64}\.pem")
 # The fields SNS signs, in order, per message type (absent optional ones are skipped).
 _SIGNED_FIELDS = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
@@ -52,22 +100,31 @@ class UntrustedUrl(ValueError):
     """A URL that is not SNS's own: never fetched."""
 
 
+def _sns_host(netloc: str) -> bool:
+    """``sns.<a real region>.amazonaws.com`` exactly as written: no user, no port, no dot after."""
+    found = _SNS_HOST.fullmatch(netloc)
+    if found is None:
+        return False
+    region, china = found.group(1), found.group(2)
+    return region in (AWS_CHINA_REGIONS if china else AWS_REGIONS)
+
+
 def sns_url_allowed(url: str) -> bool:
-    """``https://sns.<region>.amazonaws.com/...`` and nothing else (no other port, no user)."""
+    """``https://sns.<region>.amazonaws.com/...`` and nothing else (no port, no user)."""
+    if _PRINTABLE.fullmatch(url) is None:  # urlsplit drops tabs and newlines; httpx would not
+        return False
     try:
         parts = urlsplit(url)
-        port = parts.port
     except ValueError:
         return False
-    if parts.scheme != "https" or parts.username is not None or parts.password is not None:
-        return False
-    if port not in (None, 443):
-        return False
-    return bool(parts.hostname and _SNS_HOST.match(parts.hostname))
+    return parts.scheme == "https" and _sns_host(parts.netloc) and "#" not in url
 
 
 def certificate_url_allowed(url: str) -> bool:
-    return sns_url_allowed(url) and urlsplit(url).path.endswith(".pem")
+    """``https://sns.<region>.amazonaws.com/SimpleNotificationService-<hex>.pem``, no query."""
+    if not sns_url_allowed(url) or "?" in url:
+        return False
+    return _CERTIFICATE_PATH.fullmatch(urlsplit(url).path) is not None
 
 
 class SnsGateway(Protocol):

@@ -22,7 +22,7 @@ from services.publisher.console.common import (
     see_other,
 )
 from services.publisher.sessions import SessionSigner, signed_in_user
-from services.publisher.staff import SignInThrottle
+from services.publisher.sign_in_throttle import MemorySignInThrottle
 
 __all__ = ["CONSOLE_HEADERS", "install_console", "router"]
 
@@ -34,7 +34,7 @@ for _page in (signin, index, compose, action_page, audit_log):
 
 def install_console(app: FastAPI) -> None:
     app.state.session_signer = SessionSigner(app.state.settings)
-    app.state.sign_in_throttle = SignInThrottle()
+    app.state.sign_in_throttle = MemorySignInThrottle()
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 

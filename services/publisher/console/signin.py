@@ -20,7 +20,8 @@ from services.publisher.sessions import (
     start_session,
     write_session,
 )
-from services.publisher.staff import SignInThrottle, check_sign_in, staff_user_by_email
+from services.publisher.sign_in_throttle import SignInThrottle
+from services.publisher.staff import check_sign_in
 from shared.web import client_address
 
 router = APIRouter(include_in_schema=False)
@@ -45,9 +46,8 @@ async def login(request: Request) -> Response:
     address = client_address(request, request.app.state.settings.trusted_proxy_set)
     failed_context = {"next": target, "email": email}
     async with database_of(request).read() as session:
-        account = await staff_user_by_email(session, email)
-        account_id = account.id if account is not None else None
-        wait = throttle.wait(user_id=account_id, address=address)
+        # Counted by the email as typed, account or not: the answers tell no one which it is.
+        wait = await throttle.wait(email=email, address=address)
         if wait is not None:
             refused = render(
                 request,
@@ -57,16 +57,16 @@ async def login(request: Request) -> Response:
             )
             refused.headers["Retry-After"] = str(max(1, math.ceil(wait)))
             return refused
-        user = await check_sign_in(session, email=email, password=password, user=account)
+        user = await check_sign_in(session, email=email, password=password)
     if user is None:
-        throttle.failed(user_id=account_id, address=address)
+        await throttle.failed(email=email, address=address)
         return render(
             request,
             "login.html.j2",
             {**failed_context, "error": "That email and password do not match an account."},
             status=401,
         )
-    throttle.succeeded(user_id=user.id, address=address)
+    await throttle.succeeded(email=email, address=address)
     response = see_other(target)
     # A new session on sign-in: a token planted before it (session fixation) is worthless.
     write_session(request, response, await start_session(request, user))
