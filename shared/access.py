@@ -81,15 +81,24 @@ class CallerFirstRoute(APIRoute):
 
 def guard_unknown_api_paths(app: FastAPI, guard: Guard, prefix: str = "/api/v1/") -> None:
     """Any other path or method under the API answers 401 without a token too ("whatever its
-    path"), then 403, and only then the router's own 404 or 405."""
+    path"), then 403, and only then the router's own 404 or 405. Called once per prefix (the
+    API, OSDI's), each with its own guard."""
+    guards: dict[str, Guard] | None = getattr(app.state, "unknown_path_guards", None)
+    if guards is not None:
+        guards[prefix] = guard
+        return
+    guards = app.state.unknown_path_guards = {prefix: guard}
 
     async def unknown(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        if request.url.path.startswith(prefix) and CALLER not in request.scope:
-            try:
-                await guard.caller(request)
-            except StarletteHTTPException as denied:
-                return await http_exception_handler(request, denied)
+        path = request.url.path
+        for start, path_guard in guards.items():
+            if path.startswith(start) and CALLER not in request.scope:
+                try:
+                    await path_guard.caller(request)
+                except StarletteHTTPException as denied:
+                    return await http_exception_handler(request, denied)
+                break
         return await http_exception_handler(request, exc)
 
     app.add_exception_handler(status.HTTP_404_NOT_FOUND, unknown)

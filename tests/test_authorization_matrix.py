@@ -1,12 +1,14 @@
 """The authorization matrix: every route of the publisher and subscriptions APIs, and every console
-route, called by every kind of caller, against the contract's table (§3, §4, §7).
+route, called by every kind of caller, against the contract's tables (§3, §4, §7, §8).
 
 Callers: no token, a token never issued, a revoked and an expired admin token, a token of each
 role, and the console's session cookie of each role. The expected answers come from the contract,
 not from the code: staff write, coordinators read, admin does both and reads the audit log; the
 subscriptions data-rights endpoints are for admin; the live stream also takes the console's
-cookie. A caller who may not call gets 401 (no valid token) or 403 (wrong role) before anything
-else; one who may gets the route's own answer, never 401, 403 or a 5xx.
+cookie; OSDI (§8) reads people with an admin token and campaigns with a coordinator's, given as
+``OSDI-API-Token`` or as a bearer token (the OSDI header opens nothing else). A caller who may not
+call gets 401 (no valid token) or 403 (wrong role) before anything else; one who may gets the
+route's own answer, never 401, 403 or a 5xx.
 
 A route added without a row here fails ``test_every_route_is_in_the_matrix``.
 """
@@ -97,6 +99,9 @@ API: tuple[ApiRoute, ...] = (
     ApiRoute("subscriptions", "GET", f"/api/v1/subscribers/{SUBSCRIBER}/export", ADMIN),
     ApiRoute("subscriptions", "DELETE", f"/api/v1/subscribers/{SUBSCRIBER}", ADMIN),
     ApiRoute("subscriptions", "GET", "/api/v1/no-such-thing", ADMIN),
+    ApiRoute("subscriptions", "GET", "/osdi/v1/people", ADMIN),
+    ApiRoute("subscriptions", "GET", f"/osdi/v1/people/{SUBSCRIBER}", ADMIN),
+    ApiRoute("subscriptions", "GET", "/osdi/v1/no-such-thing", ADMIN),
 )
 
 
@@ -143,7 +148,7 @@ def test_every_route_is_in_the_matrix() -> None:
         ("subscriptions", create_subscriptions(service_settings("sqlite+aiosqlite:///:memory:"))),
     ):
         for path, operations in app.openapi()["paths"].items():
-            if not path.startswith("/api/"):
+            if not path.startswith(("/api/", "/osdi/")):
                 continue
             for method in operations:
                 assert (service, method.upper(), path) in listed, f"{method} {path} not in matrix"
@@ -161,6 +166,7 @@ class Caller:
     token: str | None = None
     cookie_role: str | None = None
     role: str | None = None  # of a live token
+    osdi_header: bool = False  # sent as OSDI-API-Token rather than Authorization: Bearer
 
 
 @asynccontextmanager
@@ -222,6 +228,12 @@ async def test_the_matrix(tmp_path: Path) -> None:
         Caller("a revoked admin token", token=revoked),
         Caller("an expired admin token", token=expired),
         *(Caller(f"{role} token", token=tokens[role], role=role) for role in ROLES),
+        *(
+            Caller(
+                f"{role} token as OSDI-API-Token", token=tokens[role], role=role, osdi_header=True
+            )
+            for role in ROLES
+        ),
         *(Caller(f"{role} console session", cookie_role=role) for role in ROLES),
     ]
 
@@ -275,7 +287,7 @@ def _expected_api(route: ApiRoute, caller: Caller) -> int | None:
         return None
     if caller.cookie_role is not None:
         return None if route.service == "publisher" and route.cookie else 401
-    if caller.role is None:
+    if caller.role is None or (caller.osdi_header and not route.path.startswith("/osdi/")):
         return 401
     return None if caller.role in route.roles else 403
 
@@ -283,7 +295,13 @@ def _expected_api(route: ApiRoute, caller: Caller) -> int | None:
 async def _status(
     client: httpx.AsyncClient, method: str, url: str, caller: Caller, body: Any, cookies: Any
 ) -> int:
-    headers = {"Authorization": f"Bearer {caller.token}"} if caller.token else {}
+    headers: dict[str, str] = {}
+    if caller.token:
+        headers = (
+            {"OSDI-API-Token": caller.token}
+            if caller.osdi_header
+            else {"Authorization": f"Bearer {caller.token}"}
+        )
     content = json.dumps(body).encode() if body is not None else None
     if content is not None:
         headers["Content-Type"] = "application/json"

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from services.subscriptions import api, pages, webhooks
+from services.subscriptions import api, osdi, pages, webhooks
 from services.subscriptions.handlers import SubscriptionHandlers
 from services.subscriptions.links import Links
 from services.subscriptions.models import Outbox
@@ -99,8 +99,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(api.router)
     app.include_router(pages.router)
     app.include_router(webhooks.router)
-    # The rest of /api/v1 (all of it admin but the sign-up) answers 401 first too.
+    app.include_router(osdi.router)
+    # The rest of /api/v1 (all of it admin but the sign-up) answers 401 first too; so does OSDI's.
     guard_unknown_api_paths(app, ADMIN_GUARD)
+    guard_unknown_api_paths(app, osdi.OSDI_ADMIN_GUARD, prefix=osdi.PEOPLE.removesuffix("people"))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)

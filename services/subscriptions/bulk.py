@@ -459,6 +459,7 @@ async def import_suppressions(
                 report.taken += 1
         async with sessionmaker() as session, session.begin():
             inserted = await store.insert_or_ignore(session, Suppression, list(values.values()))
+            await store.touch_subscribers_with(session, list(values))
         report.unchanged += len(values) - inserted
     return report
 

@@ -218,6 +218,8 @@ class SubscriptionHandlers:
             await store.suppress(
                 session, channel=event.channel, address=event.address, reason=event.reason
             )
+            # The address now reads as bouncing (or unsubscribed) to OSDI clients.
+            await store.touch_subscribers_with(session, [event.address])
             if subscriber is None:
                 found = await store.subscribers_by_address(
                     session,

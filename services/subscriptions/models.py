@@ -54,6 +54,8 @@ class Subscriber(Base):
     for it; only a ``confirmed`` channel ever receives alerts."""
 
     __tablename__ = "subscribers"
+    # OSDI's filter on modified_date (a CRM's nightly sync) reads this index.
+    __table_args__ = (Index("ix_subscribers_updated_at", "updated_at"),)
 
     # An integer key so audience resolution can page through subscribers in order.
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

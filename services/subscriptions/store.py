@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -94,3 +94,15 @@ async def lift_suppression(
     if reasons is not None:
         statement = statement.where(Suppression.reason.in_(list(reasons)))
     await session.execute(statement)
+
+
+async def touch_subscribers_with(session: AsyncSession, addresses: Sequence[str]) -> None:
+    """Mark the people holding these addresses as changed (``updated_at``, OSDI's
+    ``modified_date``): a suppression changes what their address's status reads as."""
+    if not addresses:
+        return
+    await session.execute(
+        update(Subscriber)
+        .where(or_(Subscriber.email.in_(addresses), Subscriber.phone.in_(addresses)))
+        .values(updated_at=utcnow())
+    )

@@ -113,7 +113,7 @@ async def caller_of(session: AsyncSession, token: str) -> Caller | None:
 
 
 # auto_error=False: a missing header must be our 401 with WWW-Authenticate, not FastAPI's 403.
-_bearer = HTTPBearer(auto_error=False)
+bearer = HTTPBearer(auto_error=False)
 
 
 @dataclass(frozen=True)
@@ -159,11 +159,15 @@ class AdminGuard(Guard):
     """401 without a live token, 403 for a token of another role (run before anything else of
     the request is read: see ``shared.access``)."""
 
+    async def presented(self, request: Request) -> str | None:
+        """The token the request carries (``Authorization: Bearer``), if any."""
+        credentials = await bearer(request)
+        return credentials.credentials if credentials is not None else None
+
     async def check(self, request: Request) -> Caller:
-        credentials = await _bearer(request)
-        if credentials is None or not credentials.credentials:
+        token = await self.presented(request)
+        if not token:
             raise unauthorized("a bearer token is required")
-        token = credentials.credentials
         if len(token) > MAX_TOKEN_LENGTH:
             raise unauthorized("unknown, expired or revoked token")
         sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.runtime.sessionmaker
@@ -180,7 +184,7 @@ class AdminGuard(Guard):
         self,
         request: Request,
         # Declared for the OpenAPI document's security scheme; check() reads the header itself.
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Caller:
         caller: Caller = await self.caller(request)
         return caller
