@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, and_, func, or_, select
@@ -263,5 +263,6 @@ async def read_person(subscriber_id: str, state: StateDep, _admin: OsdiAdmin) ->
             )
             suppressions = await suppressions_of(session, [found] if found else [])
     if found is None:
-        return JSONResponse({"detail": "no such person"}, status_code=404)
+        # HAL+JSON like the rest of the answers here (the OpenAPI document says this type).
+        return HalJSONResponse({"detail": "no such person"}, status_code=404)
     return _hal(person(state.settings.public_url, found, suppressions))
