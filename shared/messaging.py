@@ -31,6 +31,7 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 
 from shared import events
+from shared.broker_nodes import ClusterConnection, connect_cluster
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +122,19 @@ def queue_spec(name: str) -> QueueSpec:
     return QUEUES_BY_NAME[name]
 
 
+# Replicas of every queue (Raft: a leader and followers), each on another node of the cluster;
+# a queue survives the loss of any one node of three. Fewer nodes: one replica on each.
+QUORUM_REPLICAS = 3
+
+
+def _replicated() -> dict[str, Any]:
+    return {"x-queue-type": "quorum", "x-quorum-initial-group-size": QUORUM_REPLICAS}
+
+
 def work_queue_arguments() -> dict[str, Any]:
     """The arguments of every work queue (a redeclaration must repeat them exactly)."""
     return {
-        "x-queue-type": "quorum",
+        **_replicated(),
         "x-delivery-limit": DELIVERY_LIMIT,
         "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
     }
@@ -133,10 +143,33 @@ def work_queue_arguments() -> dict[str, Any]:
 def delay_queue_arguments(spec: QueueSpec, delay: int) -> dict[str, Any]:
     """A delay queue: queue-wide TTL, then dead-lettered back to its work queue."""
     return {
+        **_replicated(),
         "x-message-ttl": delay * 1000,
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": spec.name,
+        # The way back is at-least-once: a message whose wait ends while a leader changes is
+        # moved again, not dropped (the default strategy, at-most-once, may drop it).
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
     }
+
+
+def dead_letter_queue_arguments() -> dict[str, Any]:
+    return _replicated()
+
+
+async def _declare_queue(
+    channel: AbstractChannel, name: str, arguments: dict[str, Any]
+) -> AbstractQueue:
+    """Declare a queue; one an older release declared with other arguments (a queue's arguments
+    never change) is used as it is, so an upgrade needs no downtime; README: "Deploy on a
+    cluster" says how to move such a queue to the replicated shape."""
+    try:
+        return await channel.declare_queue(name, durable=True, arguments=arguments)
+    except aio_pika.exceptions.ChannelPreconditionFailed:
+        log.warning("queue %s keeps the arguments it was declared with", name)
+        await channel.reopen()
+        return await channel.declare_queue(name, passive=True)
 
 
 async def declare_topology(
@@ -152,20 +185,16 @@ async def declare_topology(
     dlx = await channel.declare_exchange(
         DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
     )
-    dead = await channel.declare_queue(
-        DEAD_LETTER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
-    )
+    dead = await _declare_queue(channel, DEAD_LETTER_QUEUE, dead_letter_queue_arguments())
     await dead.bind(dlx)
     for spec in queues:
-        queue = await channel.declare_queue(
-            spec.name, durable=True, arguments=work_queue_arguments()
-        )
+        queue = await _declare_queue(channel, spec.name, work_queue_arguments())
         for key in spec.bindings:
             await queue.bind(exchange, routing_key=key)
         for delay in sorted(set(spec.retry_delays)):
             # Queue-wide TTL: every message in it waits the same, so none blocks another.
-            await channel.declare_queue(
-                spec.delay_queue(delay), durable=True, arguments=delay_queue_arguments(spec, delay)
+            await _declare_queue(
+                channel, spec.delay_queue(delay), delay_queue_arguments(spec, delay)
             )
     return exchange
 
@@ -254,20 +283,33 @@ class Broker:
         self._handling: set[asyncio.Task[Any]] = set()
         # Every consumer started, to cancel on a graceful stop.
         self._consumers: list[tuple[AbstractQueue, str]] = []
+        # Connections lost and made again (to the same node or another), since connect().
+        self.reconnections = 0
 
     async def connect(self) -> None:
-        connection = await aio_pika.connect_robust(
-            self.url, client_properties={"connection_name": self.name}
-        )
+        # One node of the cluster that answers; another when it goes away (broker_nodes).
+        connection = await connect_cluster(self.url, name=self.name)
         try:
+            # The topology on a channel of its own: a robust channel declares again, on every
+            # reconnection, what was declared on it, and the queues need that only once.
+            setup = await connection.channel(publisher_confirms=False)
+            await declare_topology(setup, self.queues)
+            await setup.close()
             channel = await connection.channel(publisher_confirms=True)
-            exchange = await declare_topology(channel, self.queues)
+            exchange = await channel.declare_exchange(
+                EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+            )
         except BaseException:
             # Connected but the topology failed (or we were cancelled): do not leak a connection
             # that keeps reconnecting by itself when the caller tries again.
             await connection.close()
             raise
+        connection.reconnect_callbacks.add(self._reconnected)
         self._connection, self._channel, self._exchange = connection, channel, exchange
+
+    def _reconnected(self, connection: object) -> None:
+        self.reconnections += 1
+        log.info("reconnected to the broker", extra={"node": self.node})
 
     async def stop_consuming(self) -> None:
         """A graceful stop begins: the broker delivers nothing more to this process (what it
@@ -305,6 +347,14 @@ class Broker:
         """True while the link to the broker is up (False while the connection reconnects)."""
         connection = self._connection
         return connection is not None and not connection.is_closed and connection.connected.is_set()
+
+    @property
+    def node(self) -> str | None:
+        """host:port of the broker node this process is connected to (None while it is not)."""
+        connection = self._connection
+        if not self.connected or not isinstance(connection, ClusterConnection):
+            return None
+        return connection.node
 
     @property
     def channel(self) -> AbstractChannel:
@@ -383,12 +433,10 @@ class Broker:
         spec = self._specs.get(queue_name) or queue_spec(queue_name)
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        # Declared (same arguments as the topology), not get_queue(ensure=False): only a queue
+        # Declared (passively: the topology made it), not get_queue(ensure=False): only a queue
         # declared on the robust channel is remembered by it, and only then is its consumer
-        # restored after a reconnection.
-        queue = await channel.declare_queue(
-            queue_name, durable=True, arguments=work_queue_arguments()
-        )
+        # restored after a reconnection (on whichever node of the cluster).
+        queue = await channel.declare_queue(queue_name, passive=True)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             task = asyncio.current_task()
@@ -556,7 +604,7 @@ async def list_dead_letters(
     url: str, limit: int = 1000, *, queues: Sequence[QueueSpec] | None = None
 ) -> list[DeadLetter]:
     """Read the dead-letter queue without removing anything."""
-    connection = await aio_pika.connect(url)
+    connection = await connect_cluster(url, name="uanet-cli")
     try:
         channel = await connection.channel()
         await declare_topology(channel, QUEUES if queues is None else queues)

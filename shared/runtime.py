@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -112,3 +113,9 @@ class ServiceRuntime:
                 log.warning("final outbox pass failed; the next start publishes the rest")
         await self.broker.close()
         await self.engine.dispose()
+
+
+def broker_node_of(app: Any) -> str | None:
+    """The broker node of the app's runtime (for /readyz); None before it started."""
+    runtime = getattr(app.state, "runtime", None)
+    return runtime.broker.node if isinstance(runtime, ServiceRuntime) else None

@@ -34,6 +34,7 @@ DEFAULT_MAX_BODY_BYTES = 1_000_000
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UANET_", extra="ignore", frozen=True)
 
+    # One broker, or the nodes of one RabbitMQ cluster comma-separated (broker_nodes.py).
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
     publisher_database_url: str = "sqlite+aiosqlite:///var/publisher.db"
     subscriptions_database_url: str = "sqlite+aiosqlite:///var/subscriptions.db"
@@ -86,7 +87,11 @@ class Settings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _amqp(cls, v: str) -> str:
-        return _check_url(v, ("amqp://", "amqps://"), "amqp_url")
+        # One broker, or the nodes of one cluster comma-separated (contract §10).
+        nodes = [part.strip() for part in v.split(",")]
+        if not all(nodes):
+            raise ValueError("an empty broker URL in the list")
+        return ",".join(_check_url(node, ("amqp://", "amqps://"), "amqp_url") for node in nodes)
 
     @field_validator(
         "publisher_database_url", "subscriptions_database_url", "dispatcher_database_url"

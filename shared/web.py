@@ -182,6 +182,8 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     checks: dict[str, bool]
+    # host:port of the RabbitMQ node this process is connected to (one of UANET_AMQP_URL's).
+    broker_node: str | None = None
 
 
 def install_common(
@@ -191,10 +193,12 @@ def install_common(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     public_url: str | None = None,
+    broker_node: Callable[[], str | None] | None = None,
 ) -> None:
-    """Health, readiness and metrics; the 422 body and no 500 for bad input; security headers
-    on every response (``headers``, else the API policy), HSTS when ``public_url`` (the service
-    as its users reach it) is https; the body limit; a true OpenAPI document."""
+    """Health, readiness (and the broker node in use) and metrics; the 422 body and no 500 for
+    bad input; security headers on every response (``headers``, else the API policy), HSTS when
+    ``public_url`` (the service as its users reach it) is https; the body limit; a true OpenAPI
+    document."""
     if public_url is not None and public_url.startswith("https://"):
         app.add_middleware(StrictTransportSecurity)
     # Added last, so outermost of the app's middleware: nothing runs before the body limit. The
@@ -216,7 +220,10 @@ def install_common(
     async def readyz() -> Response:
         checks = await ready()
         status = 200 if all(checks.values()) else 503
-        return JSONResponse({"ready": status == 200, "checks": checks}, status_code=status)
+        node = broker_node() if broker_node is not None else None
+        return JSONResponse(
+            {"ready": status == 200, "checks": checks, "broker_node": node}, status_code=status
+        )
 
     @app.get(
         "/metrics",

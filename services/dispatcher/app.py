@@ -36,7 +36,7 @@ from shared.events import (
     SubscriberErased,
     TransactionalMessage,
 )
-from shared.runtime import ServiceRuntime, Subscription
+from shared.runtime import ServiceRuntime, Subscription, broker_node_of
 from shared.settings import Settings
 from shared.twilio_signature import FORBIDDEN_RESPONSE, TwilioSignature, twilio_signature_valid
 from shared.web import FORM, install_common, request_body
@@ -186,6 +186,7 @@ def create_app(
         ready,
         max_body_bytes=settings.max_body_bytes,
         public_url=settings.dispatcher_public_url,
+        broker_node=lambda: broker_node_of(app),
     )
     install_feedback_webhooks(
         app, settings, recorder=lambda: app.state.feedback, sns=lambda: app.state.sns

@@ -15,7 +15,7 @@ from services.publisher.database import Database
 from services.publisher.models import Outbox
 from services.publisher.tally import TALLY_EVENTS, StatsNotifier, TallyConsumer
 from shared import events
-from shared.runtime import ServiceRuntime, Subscription
+from shared.runtime import ServiceRuntime, Subscription, broker_node_of
 from shared.settings import Settings
 from shared.web import install_common
 
@@ -71,5 +71,6 @@ def create_app(settings: Settings) -> FastAPI:
         CONSOLE_HEADERS,
         max_body_bytes=settings.max_body_bytes,
         public_url=settings.console_url,
+        broker_node=lambda: broker_node_of(app),
     )
     return app

@@ -24,7 +24,7 @@ from services.subscriptions.tokens import ADMIN_GUARD, make_token_handler
 from services.subscriptions.web import PAGE_HEADERS, STATIC_DIR, ServiceState, make_renderer
 from shared import events
 from shared.access import guard_unknown_api_paths
-from shared.runtime import ServiceRuntime, Subscription
+from shared.runtime import ServiceRuntime, Subscription, broker_node_of
 from shared.settings import Settings
 from shared.tokens import LinkSigner
 from shared.web import install_common
@@ -95,6 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
         PAGE_HEADERS,
         max_body_bytes=settings.max_body_bytes,
         public_url=settings.public_url,
+        broker_node=lambda: broker_node_of(app),
     )
     app.include_router(api.router)
     app.include_router(pages.router)

@@ -18,6 +18,7 @@ from shared.messaging import (
     H_REASON,
     H_ROUTING_KEY,
     QUEUES,
+    QUORUM_REPLICAS,
     Broker,
     DeadLetter,
     Delivery,
@@ -28,6 +29,7 @@ from shared.messaging import (
     replay_dead_letters,
 )
 from tests.shared.conftest import (
+    OTHER,
     TEST_QUEUES,
     WORK,
     Recorder,
@@ -94,9 +96,14 @@ async def test_declare_topology_is_idempotent_with_quorum_queues_and_delay_queue
         assert work["durable"] is True
         assert work["arguments"]["x-delivery-limit"] == DELIVERY_LIMIT
         assert work["arguments"]["x-dead-letter-exchange"] == DEAD_LETTER_EXCHANGE
+        assert work["arguments"]["x-quorum-initial-group-size"] == QUORUM_REPLICAS
         for delay in spec.retry_delays:
             delayed = queues[spec.delay_queue(delay)]
             assert delayed["durable"] is True
+            # Replicated too: a message waiting for its retry survives the loss of a node.
+            assert delayed["type"] == "quorum", spec.delay_queue(delay)
+            assert delayed["arguments"]["x-quorum-initial-group-size"] == QUORUM_REPLICAS
+            assert delayed["arguments"]["x-dead-letter-strategy"] == "at-least-once"
             assert delayed["arguments"]["x-message-ttl"] == delay * 1000
             assert delayed["arguments"]["x-dead-letter-exchange"] == ""
             assert delayed["arguments"]["x-dead-letter-routing-key"] == spec.name
@@ -104,6 +111,55 @@ async def test_declare_topology_is_idempotent_with_quorum_queues_and_delay_queue
     expected = {DEAD_LETTER_QUEUE} | {s.name for s in QUEUES}
     expected |= {s.delay_queue(d) for s in QUEUES for d in s.retry_delays}
     assert set(queues) == expected
+
+
+async def test_queues_an_older_release_declared_are_used_as_they_are(amqp_url: str) -> None:
+    """An upgrade: the queues exist with the older arguments (no replica count, a classic delay
+    queue); the services still start, publish and consume through them."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        await channel.declare_queue(
+            WORK.name,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": DELIVERY_LIMIT,
+                "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            },
+        )
+        await channel.declare_queue(
+            WORK.delay_queue(1),
+            durable=True,
+            arguments={
+                "x-message-ttl": 1000,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": WORK.name,
+            },
+        )
+    finally:
+        await connection.close()
+    broker = Broker(amqp_url, name="uanet-test-upgrade", queues=TEST_QUEUES)
+    await broker.connect()
+    try:
+        recorder = Recorder()
+        first = erased()
+        recorder.fail[str(first.message_id)] = lambda d: _retry_once(d)
+        await broker.consume(WORK.name, recorder, [events.SubscriberErased])
+        await broker.publish_event(first)
+        # Handled after a retry through the older (classic) delay queue.
+        await eventually(lambda: recorder.ids() == [str(first.message_id)])
+    finally:
+        await broker.close()
+    queues = await queue_arguments(amqp_url)
+    assert "x-quorum-initial-group-size" not in queues[WORK.name]["arguments"]
+    assert queues[WORK.delay_queue(1)]["type"] == "classic"
+    assert queues[OTHER.name]["arguments"]["x-quorum-initial-group-size"] == QUORUM_REPLICAS
+
+
+def _retry_once(delivery: Delivery) -> None:
+    if delivery.attempt == 0:
+        raise Retry("once")
 
 
 def test_every_routing_key_is_bound_to_the_queues_of_the_architecture() -> None:
