@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
@@ -10,12 +11,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
+from starlette.background import BackgroundTask
 
 from services.publisher import actions as domain
 from services.publisher import audit
 from services.publisher.audit import Actor
-from services.publisher.auth import ROLES, Admin, Reader, StreamReader, TokenGuard, Writer
+from services.publisher.auth import (
+    ROLES,
+    STREAM_GUARD,
+    Admin,
+    Reader,
+    StreamReader,
+    TokenGuard,
+    Writer,
+)
 from services.publisher.database import Database
+from services.publisher.live_streams import StreamSlots, caller_still_allowed
 from services.publisher.models import UrgentAction
 from services.publisher.reports import csv_filename, stats_csv, stats_stream
 from services.publisher.schemas import (
@@ -271,14 +282,16 @@ async def stats_as_csv(action_id: ActionId, _: Reader, database: DatabaseDep) ->
             # Each event, as Open API before 3.2 describes a stream's events.
             "content": {"text/event-stream": {"schema": STATS_EVENT}},
         },
-        **error_responses(404),
+        # 429: the caller holds the most live streams it may (live_streams.py).
+        **error_responses(404, 429),
     },
 )
 async def stats_live(
     action_id: ActionId,
     # A coordinator's token, or the console's session cookie: the action's page streams its
     # counts to whoever may see that page (any signed-in role).
-    _: StreamReader,
+    caller: StreamReader,
+    request: Request,
     database: DatabaseDep,
     notifier: NotifierDep,
 ) -> StreamingResponse:
@@ -291,16 +304,30 @@ async def stats_live(
             return await stats_changed_at(session=session, action_id=action_id)
 
     first = await load()  # an unknown action is a 404 before the stream starts
+    slots: StreamSlots = request.app.state.stream_slots
+    ticket = slots.take(caller)
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            async for event in stats_stream(
+                action_id=action_id,
+                first=first,
+                load=load,
+                changed_at=changed_at,
+                notifier=notifier,
+                still_allowed=caller_still_allowed(request, STREAM_GUARD),
+                recheck_interval=slots.recheck_seconds,
+            ):
+                yield event
+        finally:
+            ticket.release()
+
     return StreamingResponse(
-        stats_stream(
-            action_id=action_id,
-            first=first,
-            load=load,
-            changed_at=changed_at,
-            notifier=notifier,
-        ),
+        stream(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # Also when the body never started (the client went at once): the place is given back.
+        background=BackgroundTask(ticket.release),
     )
 
 

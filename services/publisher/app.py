@@ -12,6 +12,7 @@ from services.publisher.audit import AUDIT_QUEUE, AuditConsumer
 from services.publisher.bounces import BOUNCE_QUEUE, BounceConsumer
 from services.publisher.console import CONSOLE_HEADERS, install_console
 from services.publisher.database import Database
+from services.publisher.live_streams import StreamSlots
 from services.publisher.models import Outbox
 from services.publisher.tally import TALLY_EVENTS, StatsNotifier, TallyConsumer
 from shared import events
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.runtime = runtime
     app.state.database = database
     app.state.stats_notifier = notifier
+    app.state.stream_slots = StreamSlots()
     app.state.tally = tally
     app.include_router(router)
     app.include_router(audit_router)

@@ -288,4 +288,5 @@ class SessionOrTokenGuard(TokenGuard):
         return principal
 
 
-StreamReader = Annotated[Principal, Depends(SessionOrTokenGuard(READ_ROLES))]
+STREAM_GUARD = SessionOrTokenGuard(READ_ROLES)
+StreamReader = Annotated[Principal, Depends(STREAM_GUARD)]

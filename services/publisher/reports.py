@@ -97,8 +97,11 @@ async def stats_stream(
     notifier: StatsNotifier,
     poll_interval: float = 1.0,
     keep_alive_interval: float = 15.0,
+    still_allowed: Callable[[], Awaitable[bool]] | None = None,
+    recheck_interval: float = 15.0,
 ) -> AsyncIterator[str]:
-    """The current counts, then new counts whenever they change, until the client goes away.
+    """The current counts, then new counts whenever they change, until the client goes away
+    or, checked every ``recheck_interval``, ``still_allowed`` says its caller no longer may.
 
     Woken at once by the tally consumer of this process; the poll of ``updated_at`` catches
     changes counted by another publisher process. Starlette cancels this generator when the
@@ -108,8 +111,12 @@ async def stats_stream(
         yield sse_event(first)
         last_body = first.model_dump_json()
         last_changed_at: datetime | None = first.updated_at
-        last_sent = time.monotonic()
+        last_sent = last_checked = time.monotonic()
         while True:
+            if still_allowed is not None and time.monotonic() - last_checked >= recheck_interval:
+                if not await still_allowed():
+                    return  # signed out, revoked or disabled: the stream ends
+                last_checked = time.monotonic()
             try:
                 await asyncio.wait_for(woken.wait(), timeout=poll_interval)
             except TimeoutError:
