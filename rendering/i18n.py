@@ -49,6 +49,18 @@ MESSAGES: Final[dict[str, str]] = {
     "confirm_button": N_("Confirm my subscription"),
     "confirm_ignore": N_("If you did not sign up, ignore this email: you will not hear from us."),
     "confirm_sms": N_("Reply YES to confirm your Urgent Action alerts. Reply STOP to opt out"),
+    "letter_check_subject": N_("Send your letter to the officials?"),
+    "letter_check_intro": N_(
+        "A letter to the officials of an urgent action was written on our action page with this "
+        "email address for their replies. It goes only if you send it."
+    ),
+    "letter_check_button": N_("Send my letter"),
+    "letter_check_ignore": N_("If this was not you, ignore this email: no letter will be sent."),
+    "letter_check_why": N_(
+        "You receive this one email because this address was given for a letter."
+    ),
+    # The last line of every letter to officials: who sent it, and how.
+    "letter_closing": N_("Sent by a supporter through the action page of {organisation}."),
     "digest_subject": N_("Your daily Urgent Action digest"),
     "digest_intro": N_("New urgent actions since your last digest:"),
 }

@@ -353,6 +353,16 @@ class Renderer:
             has_unsubscribe=has_unsubscribe,
         )
 
+    def letter_check_email(self, language: str) -> PreparedEmail:
+        """The one email a letter's reply address gets before the letter goes (a link)."""
+        lang = language if language in STRINGS else FALLBACK
+        return self._prepare(
+            "letter_check",
+            subject=strings(lang)["letter_check_subject"],
+            language=lang,
+            has_unsubscribe=False,
+        )
+
     def digest_email(
         self, language: str, entries: list[DigestEntry], *, has_preferences: bool
     ) -> PreparedEmail:

@@ -9,11 +9,12 @@ from typing import Any, Literal
 from itsdangerous import BadData, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_encode
 
-Purpose = Literal["confirm", "unsubscribe", "preferences", "act"]
+Purpose = Literal["confirm", "unsubscribe", "preferences", "act", "letter"]
 
-# Confirmation links expire; the others stay valid as long as the subscriber exists (a link in an
-# old email must still unsubscribe).
+# Confirmation links (of a sign-up, of a letter's reply address) expire; the others stay valid
+# as long as the subscriber exists (a link in an old email must still unsubscribe).
 CONFIRM_MAX_AGE = 7 * 24 * 3600
+TIMED: frozenset[Purpose] = frozenset({"confirm", "letter"})
 
 
 class InvalidToken(Exception):
@@ -39,7 +40,7 @@ class LinkSigner:
         return serializer
 
     def sign(self, purpose: Purpose, payload: Any) -> str:
-        if purpose == "confirm":
+        if purpose in TIMED:
             return self._timed(purpose).dumps(payload)
         # Untimed tokens are shorter, which matters for the SMS action link.
         serializer = self._plain(purpose)
@@ -53,7 +54,7 @@ class LinkSigner:
 
     def unsign(self, purpose: Purpose, token: str, *, max_age: int = CONFIRM_MAX_AGE) -> Any:
         try:
-            if purpose == "confirm":
+            if purpose in TIMED:
                 return self._timed(purpose).loads(token, max_age=max_age)
             return self._plain(purpose).loads(token)
         except SignatureExpired as exc:

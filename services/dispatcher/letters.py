@@ -1,8 +1,12 @@
 """Letters to the officials (mail-to-target): queue ``dispatcher.letters`` (``LetterRequested``).
 
-A subscriber's letter goes by email to each target of the action that has an address: From our
-``UANET_MAIL_FROM`` address with the subscriber's name as display name, ``Reply-To`` the
-subscriber, plain text, the subject of the action in the letter's language.
+A subscriber's letter goes by email to each target of the action that has an address, plain
+text, the subject of the action in the letter's language. It must not pass for the
+organisation's own word (contract §11): ``From`` is ``"<writer's name> via <organisation>"`` at
+the ``UANET_MAIL_FROM`` address (the organisation: that setting's display name), and the letter
+ends with a line saying a supporter sent it through the organisation's action page.
+``Reply-To`` is the writer's address, which subscriptions has proven theirs (their confirmed
+email, or an address that followed the link sent to it) before asking for the letter.
 
 - Exactly once per (letter, target): a ledger row, unique on the pair, is claimed (committed)
   before the send and marked after it; a redelivered command finds it final and sends nothing.
@@ -35,6 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from rendering.i18n import strings
 from rendering.renderer import clean_text, header_safe, pick_language
 from services.dispatcher.identity import MessageRef, MessageTags
 from services.dispatcher.ledger import STOPPING_DELAY, TRANSACTIONAL_LEASE
@@ -231,6 +236,12 @@ class LetterDispatcher:
     def from_address(self) -> str:
         return parseaddr(header_safe(self.mail_from))[1] or header_safe(self.mail_from)
 
+    @property
+    def organisation(self) -> str:
+        """``UANET_MAIL_FROM``'s display name (else its domain): who the letters go through."""
+        name = parseaddr(header_safe(self.mail_from))[0].strip()
+        return name or self.from_address.rpartition("@")[2] or self.from_address
+
     def stop_taking_work(self) -> None:
         """SIGTERM: the letter being sent stops before its next target (see handle_letter)."""
         self.stopping = True
@@ -294,7 +305,11 @@ class LetterDispatcher:
             raise Reject("the letter is empty")
         if name and not body.endswith(name):
             body = f"{body}\n\n{name}"  # signed, as a letter is
-        return PreparedLetter(name, reply_to, "", body)
+        closing = strings(message.language)["letter_closing"].replace(
+            "{organisation}", self.organisation
+        )
+        body = f"{body}\n\n--\n{closing}"
+        return PreparedLetter(f"{name} via {self.organisation}", reply_to, "", body)
 
     async def _claim(self, message: LetterRequested) -> _Plan:
         """Claim the rows to send now, committed before any send."""

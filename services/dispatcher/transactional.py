@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # Which channel each transactional template goes by.
 TEMPLATE_CHANNEL: dict[str, Channel] = {
     "confirm_email": "email",
+    "letter_check": "email",  # the link that sends a letter with this reply address
     "confirm_sms": "sms",
     "sms_reply": "sms",
 }
@@ -130,11 +131,14 @@ def _render_transactional(dispatcher: Adapters, message: TransactionalMessage) -
         return clean_text(text).strip()[:1600]
     confirm_url = context.get("confirm_url")
     if not isinstance(confirm_url, str) or not confirm_url.startswith(("http://", "https://")):
-        raise Reject("confirm_email needs context.confirm_url")
+        raise Reject(f"{message.template} needs context.confirm_url")
     name = context.get("name")
-    prepared = dispatcher.renderer.confirm_email(
-        message.language, has_unsubscribe=message.unsubscribe_url is not None
-    )
+    if message.template == "letter_check":
+        prepared = dispatcher.renderer.letter_check_email(message.language)
+    else:
+        prepared = dispatcher.renderer.confirm_email(
+            message.language, has_unsubscribe=message.unsubscribe_url is not None
+        )
     fill = RecipientFill(
         to=message.to,
         greeting=dispatcher.renderer.greeting(

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from services.subscriptions import api, osdi, pages, webhooks
+from services.subscriptions import api, letter_pages, osdi, pages, webhooks
 from services.subscriptions.handlers import SubscriptionHandlers
 from services.subscriptions.links import Links
 from services.subscriptions.models import Outbox
@@ -99,6 +99,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.include_router(letter_pages.router)
     app.include_router(webhooks.router)
     app.include_router(osdi.router)
     # The rest of /api/v1 (all of it admin but the sign-up) answers 401 first too; so does OSDI's.

@@ -15,7 +15,7 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.subscriptions import store
@@ -24,6 +24,7 @@ from services.subscriptions.models import (
     Consent,
     KnownAction,
     Outbox,
+    PendingLetter,
     Response,
     Subscriber,
     Suppression,
@@ -143,7 +144,11 @@ async def erase_subscriber(
         return False
     now = utcnow()
     addresses = [a for a in (subscriber.email, subscriber.phone) if a]
-    await forget_published(session, Outbox, [str(public_id), *addresses])
+    # Letters still waiting on their reply address: gone, with the email that asked for it.
+    pending = select(PendingLetter.sender_email).where(PendingLetter.subscriber_id == subscriber.id)
+    reply_addresses = list((await session.execute(pending)).scalars())
+    await session.execute(delete(PendingLetter).where(PendingLetter.subscriber_id == subscriber.id))
+    await forget_published(session, Outbox, [str(public_id), *addresses, *reply_addresses])
     subscriber.public_id = uuid.uuid4()
     subscriber.email = None
     subscriber.phone = None

@@ -1,33 +1,51 @@
 """Letters to the officials (mail-to-target): a subscriber's letter, emailed by the dispatcher to
-each target of the action that has an email address, with the subscriber as ``Reply-To``.
+each target of the action that has an email address, with the writer's address as ``Reply-To``.
 
-Accepting a letter writes, in one transaction: its record (the dedup key), the dispatcher's
-command (``LetterRequested``) and the report the publisher counts (one ``email`` action per
-target written to, ``ResponseRecorded`` with the letter id as its id).
+Whoever holds a forwarded act link can write, so the reply address is believed only when it is
+the subscriber's confirmed email. Any other address first gets one email with a link (signed,
+7 days); the letter goes when that link's button is pressed, with that address as
+``Reply-To`` (it has shown it is theirs). Until then the letter waits in ``pending_letters``.
+
+Sending a letter writes, in one transaction: its record (the dedup key, written when it was
+first posted), the dispatcher's command (``LetterRequested``) and the report the publisher
+counts (one ``email`` action per target written to, ``ResponseRecorded`` with the letter id as
+its id).
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.subscriptions import store
-from services.subscriptions.models import ActionRecipient, KnownAction, Letter, Outbox, Subscriber
+from services.subscriptions.links import Links
+from services.subscriptions.models import (
+    CONFIRMED,
+    ActionRecipient,
+    KnownAction,
+    Letter,
+    Outbox,
+    PendingLetter,
+    Subscriber,
+)
 from services.subscriptions.responses import lock_subscriber, record_response
 from services.subscriptions.schemas import LetterCreate
 from shared.db import outbox_row, utcnow
-from shared.events import LetterRequested
+from shared.events import LetterRequested, TransactionalMessage
+from shared.tokens import CONFIRM_MAX_AGE
 
 # One person may write several times (a better letter, a second official...), but the
 # service must not become a way to flood officials' mailboxes.
 MAX_LETTERS_PER_ACTION = 5
 
+PENDING_LIFETIME = timedelta(seconds=CONFIRM_MAX_AGE)  # as long as the link works
+
 Refusal = Literal["closed", "deadline_passed", "no_targets"]
-Outcome = Literal["accepted", "duplicate", "too_many"]
+Outcome = Literal["accepted", "duplicate", "too_many", "confirm_email"]
 
 
 def email_targets(action: KnownAction) -> list[dict[str, Any]]:
@@ -51,9 +69,20 @@ def refusal(action: KnownAction, today: date) -> Refusal | None:
     return None
 
 
+def is_confirmed_email(subscriber: Subscriber, address: str) -> bool:
+    """Whether ``address`` is the subscriber's own email, confirmed by them."""
+    own = subscriber.email
+    return (
+        own is not None
+        and subscriber.email_status == CONFIRMED
+        and own.strip().lower() == address.strip().lower()
+    )
+
+
 async def request_letter(
     *,
     session: AsyncSession,
+    links: Links,
     recipient: ActionRecipient,
     subscriber: Subscriber,
     action: KnownAction,
@@ -61,9 +90,9 @@ async def request_letter(
     letter_id: uuid.UUID,
     language: str,
 ) -> Outcome:
-    """Record the letter, its command and its report, in the caller's transaction.
-
-    The caller checked ``refusal`` first."""
+    """Record the letter, and either send it (its command and its report) or, for a reply
+    address that is not the subscriber's confirmed email, ask that address first; in the
+    caller's transaction. The caller checked ``refusal`` first."""
     # Counted with the subscriber's row held: concurrent letters cannot all pass the cap.
     await lock_subscriber(session, subscriber)
     written = await session.scalar(
@@ -90,6 +119,105 @@ async def request_letter(
     )
     if not inserted:
         return "duplicate"  # the same form, submitted twice at once
+    if not is_confirmed_email(subscriber, letter.email):
+        await _ask_reply_address(session, links, recipient, subscriber, letter, letter_id, language)
+        return "confirm_email"
+    await _send(
+        session,
+        recipient=recipient,
+        subscriber=subscriber,
+        action=action,
+        letter_id=letter_id,
+        language=language,
+        sender=(letter.name, letter.email, letter.letter),
+    )
+    return "accepted"
+
+
+async def _ask_reply_address(
+    session: AsyncSession,
+    links: Links,
+    recipient: ActionRecipient,
+    subscriber: Subscriber,
+    letter: LetterCreate,
+    letter_id: uuid.UUID,
+    language: str,
+) -> None:
+    """Keep the letter and email its reply address one link that sends it."""
+    await session.execute(
+        delete(PendingLetter).where(PendingLetter.created_at < utcnow() - PENDING_LIFETIME)
+    )
+    session.add(
+        PendingLetter(
+            letter_id=letter_id,
+            recipient_id=recipient.id,
+            subscriber_id=subscriber.id,
+            sender_name=letter.name,
+            sender_email=letter.email,
+            body=letter.letter,
+            created_at=utcnow(),
+        )
+    )
+    ask = TransactionalMessage(
+        # One email per letter (the dispatcher's dedup key), apart from the letter's own ids.
+        message_id=uuid.uuid5(letter_id, "letter_check"),
+        template="letter_check",
+        channel="email",
+        to=letter.email,
+        language=language,
+        context={"confirm_url": links.letter(letter_id), "name": letter.name},
+    )
+    session.add(outbox_row(Outbox, ask))
+
+
+SendOutcome = Literal["sent", "already_sent"] | Refusal
+
+
+async def send_pending(session: AsyncSession, letter_id: uuid.UUID) -> SendOutcome:
+    """Its reply address followed the link: send the letter (once), in the caller's transaction."""
+    letter = await session.get(Letter, letter_id)
+    if letter is None:
+        return "already_sent"  # its subscriber was erased, or it never was: nothing to send
+    subscriber = await session.get(Subscriber, letter.subscriber_id)
+    if subscriber is None or subscriber.erased_at is not None:
+        return "already_sent"
+    await lock_subscriber(session, subscriber)  # two presses at once: one sends
+    pending = await session.get(PendingLetter, letter_id, populate_existing=True)
+    if pending is None:
+        return "already_sent"
+    action = await session.get(KnownAction, letter.action_id)
+    recipient = await session.get(ActionRecipient, pending.recipient_id)
+    if action is None or recipient is None:
+        return "already_sent"
+    refused = refusal(action, utcnow().date())
+    if refused is not None:
+        return refused
+    await _send(
+        session,
+        recipient=recipient,
+        subscriber=subscriber,
+        action=action,
+        letter_id=letter_id,
+        language=letter.language,
+        sender=(pending.sender_name, pending.sender_email, pending.body),
+    )
+    await session.delete(pending)
+    return "sent"
+
+
+async def _send(
+    session: AsyncSession,
+    *,
+    recipient: ActionRecipient,
+    subscriber: Subscriber,
+    action: KnownAction,
+    letter_id: uuid.UUID,
+    language: str,
+    sender: tuple[str, str, str],
+) -> None:
+    """The dispatcher's command and the count, for a letter whose reply address is proven."""
+    name, email, body = sender
+    targets = len(email_targets(action))
     session.add(
         outbox_row(
             Outbox,
@@ -98,9 +226,9 @@ async def request_letter(
                 action_id=action.id,
                 subscriber_id=subscriber.public_id,
                 language=language,
-                sender_name=letter.name,
-                sender_email=letter.email,
-                body=letter.letter,
+                sender_name=name,
+                sender_email=email,
+                body=body,
             ),
         )
     )
@@ -114,4 +242,3 @@ async def request_letter(
         count=min(targets, 50),
         source="letter",
     )
-    return "accepted"

@@ -52,6 +52,10 @@ class Links:
     def act(self, recipient_id: int) -> str:
         return f"{self.public_url}/act/{self.signer.sign('act', [recipient_id])}"
 
+    def letter(self, letter_id: uuid.UUID) -> str:
+        """The link that sends a letter whose reply address is not the subscriber's own."""
+        return f"{self.public_url}/letters/{self.signer.sign('letter', str(letter_id))}"
+
     def signup(self) -> str:
         return f"{self.public_url}/signup"
 
@@ -80,3 +84,10 @@ class Links:
         ):
             raise InvalidToken("invalid")
         return payload[0]
+
+    def read_letter(self, token: str) -> uuid.UUID:
+        payload = self.signer.unsign("letter", token)
+        try:
+            return uuid.UUID(str(payload))
+        except ValueError as exc:
+            raise InvalidToken("invalid") from exc

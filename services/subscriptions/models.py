@@ -16,6 +16,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
     Uuid,
 )
@@ -261,3 +262,24 @@ class Letter(Base):
     # How many targets with an email address it went to (what the tally counts).
     targets: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PendingLetter(Base):
+    """A letter whose reply address is not the subscriber's confirmed email: kept until that
+    address follows the link emailed to it (then sent, and this row deleted), at most 7 days."""
+
+    __tablename__ = "pending_letters"
+
+    letter_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("letters.id", ondelete="CASCADE"), primary_key=True
+    )
+    recipient_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("action_recipients.id", ondelete="CASCADE")
+    )
+    subscriber_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
+    )
+    sender_name: Mapped[str] = mapped_column(String(200))
+    sender_email: Mapped[str] = mapped_column(String(320))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -28,9 +28,16 @@ class ReportRecorded(BaseModel):
 
 
 class LetterAccepted(BaseModel):
-    status: Literal["accepted", "duplicate"]
+    # confirm_email: the reply address is not the subscriber's confirmed email; it was sent a
+    # link, and the letter goes when it is followed.
+    status: Literal["accepted", "duplicate", "confirm_email"]
     letter_id: uuid.UUID
     targets: int
+
+
+class LetterConfirmed(BaseModel):
+    status: Literal["sent", "already_sent"]
+    letter_id: uuid.UUID
 
 
 def page_or_json_errors(*codes: int) -> OpenApiResponses:
@@ -64,7 +71,7 @@ REPORTED: OpenApiResponses = {
 }
 
 LETTER_SENT: OpenApiResponses = {
-    200: html_page("From the form: the letter is on its way"),
+    200: html_page("From the form: the letter is on its way, or its reply address was sent a link"),
     202: {
         "description": "Accepted (or a duplicate of a letter sent before)",
         "model": LetterAccepted,
@@ -80,3 +87,13 @@ SAVE_PREFERENCES: dict[str, Any] = {
 }
 REPORT: dict[str, Any] = {"openapi_extra": request_body(ReportCreate), "responses": REPORTED}
 LETTER: dict[str, Any] = {"openapi_extra": request_body(LetterCreate), "responses": LETTER_SENT}
+LETTER_CONFIRMED: dict[str, Any] = {
+    "responses": {
+        200: {
+            "description": "Sent (or sent before): JSON, or a page from the button",
+            "model": LetterConfirmed,
+            "content": HTML,
+        },
+        **page_or_json_errors(404, 409, 410),
+    }
+}

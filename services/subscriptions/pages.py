@@ -17,7 +17,7 @@ from services.subscriptions import letters, responses, store
 from services.subscriptions import page_docs as docs
 from services.subscriptions.audience import content_language
 from services.subscriptions.models import ActionRecipient, ActionUpdate, KnownAction, Subscriber
-from services.subscriptions.schemas import LetterCreate, PreferencesUpdate, ReportCreate
+from services.subscriptions.schemas import PreferencesUpdate, ReportCreate
 from services.subscriptions.subscribers import confirm_channel, unsubscribe, update_preferences
 from services.subscriptions.web import (
     N_,
@@ -35,29 +35,6 @@ from shared.tokens import InvalidToken
 from shared.web import invalid_body
 
 router = APIRouter(tags=["pages"])
-
-# Why a letter cannot be sent: (HTTP status, title, message) of the page or JSON answer.
-LETTER_REFUSALS: dict[letters.Refusal, tuple[int, str, str]] = {
-    "closed": (
-        409,
-        N_("This case is closed"),
-        N_("Letters can no longer be sent for this case. Thank you for caring."),
-    ),
-    "deadline_passed": (
-        410,
-        N_("The deadline has passed"),
-        N_("Letters can no longer be sent for this case: its deadline has passed."),
-    ),
-    "no_targets": (
-        409,
-        N_("No email address for this case"),
-        N_("None of the officials for this case has an email address: please write by post."),
-    ),
-}
-TOO_MANY_LETTERS = (
-    N_("You have sent many letters already"),
-    N_("Thank you! You have sent the most letters we can send for one person on this case."),
-)
 
 TOO_MANY_REPORTS = (
     N_("Thank you, that is many reports"),
@@ -396,95 +373,3 @@ async def report_action(token: str, request: Request, state: StateDep) -> Respon
     if as_json:
         return JSONResponse({"status": outcome, "report_id": str(report_id)}, status_code=202)
     return RedirectResponse(f"/act/{token}?reported=1#report", status_code=303)
-
-
-# ---- letters to the officials (mail-to-target) --------------------------------------------------
-
-
-def _letter_refused(
-    state: ServiceState,
-    request: Request,
-    as_json: bool,
-    status: int,
-    title: str,
-    message: str,
-    language: str,
-) -> Response:
-    if as_json:
-        return JSONResponse({"detail": message}, status_code=status)
-    return state.error_page(request, status, title, message, language=language)
-
-
-@router.post("/act/{token}/letter", status_code=202, response_model=None, **docs.LETTER)
-async def send_letter(token: str, request: Request, state: StateDep) -> Response:
-    """Email the subscriber's letter to each target with an address (through the dispatcher)."""
-    as_json = is_json(request)
-    found = await _load_recipient(state, token)
-    if found is None:
-        return _invalid_link(state, request, as_json)
-    recipient, action, subscriber = found
-    refused = letters.refusal(action, utcnow().date())
-    if refused is not None:
-        status, title, message = LETTER_REFUSALS[refused]
-        return _letter_refused(state, request, as_json, status, title, message, subscriber.language)
-    try:
-        data = await read_body(request)
-    except BadBody as exc:
-        return invalid_body(str(exc))
-    try:
-        letter = parse(LetterCreate, data)
-    except RequestValidationError as exc:
-        if as_json:
-            raise
-        values = {k: str(data.get(k) or "")[:20_000] for k in ("name", "email", "letter")}
-        return await _action_page(
-            state,
-            request,
-            token,
-            action,
-            subscriber,
-            status=422,
-            letter_errors=errors_by_field(exc),
-            letter_values=values,
-        )
-    letter_id = letter.letter_id or uuid.uuid4()
-    language = content_language(subscriber.language, action.content, action.default_language)
-    try:
-        async with state.unit_of_work() as session:
-            outcome = await letters.request_letter(
-                session=session,
-                recipient=recipient,
-                subscriber=subscriber,
-                action=action,
-                letter=letter,
-                letter_id=letter_id,
-                language=language,
-            )
-    except IntegrityError:
-        outcome = "duplicate"  # the same letter id, raced in by a second submission
-    if outcome == "too_many":
-        title, message = TOO_MANY_LETTERS
-        return _letter_refused(state, request, as_json, 429, title, message, subscriber.language)
-    targets = letters.email_targets(action)
-    if as_json:
-        return JSONResponse(
-            {
-                "status": "accepted" if outcome == "accepted" else "duplicate",
-                "letter_id": str(letter_id),
-                "targets": len(targets),
-            },
-            status_code=202,
-        )
-    return state.page(
-        request,
-        "letter_sent.html",
-        {"targets": targets, "action_url": f"/act/{token}", "subject": _subject(action, language)},
-        language=subscriber.language,
-    )
-
-
-def _subject(action: KnownAction, language: str) -> str:
-    content: dict[str, Any] = action.content.get(language) or next(
-        iter(action.content.values()), {}
-    )
-    return str(content.get("subject", ""))

@@ -135,7 +135,8 @@ async def test_one_email_per_target_from_us_replying_to_the_subscriber_once_only
         assert mail.rcpt_tos == [mail.to]
         [(from_name, from_address)] = getaddresses([mail.header("From")])
         assert from_address == "alerts@example.org"
-        assert from_name == 'Ana "Lima" Bcc: everyone@example.org'  # one line, quoted, harmless
+        # One line, quoted, harmless; and never passing for the organisation's own word.
+        assert from_name == 'Ana "Lima" Bcc: everyone@example.org via Urgent Action Network'
         assert getaddresses([mail.header("Reply-To")])[0][1] == "ana@example.net"
         assert getaddresses([mail.header("To")])[0][1] == mail.to
         assert mail.header("Subject") == "Action urgente : journaliste en danger"
@@ -143,7 +144,12 @@ async def test_one_email_per_target_from_us_replying_to_the_subscriber_once_only
         assert mail.message.get_content_type() == "text/plain"
         body = mail.message.get_content().replace("\r\n", "\n")
         assert body.startswith("Libérez-le.\nBcc: everyone@example.org\n\nCordialement")
-        assert body.rstrip().endswith('Ana "Lima" Bcc: everyone@example.org')  # signed
+        signed, closing = body.rstrip().rsplit("\n--\n", 1)
+        assert signed.rstrip().endswith('Ana "Lima" Bcc: everyone@example.org')
+        # The last line says who sent it and how, in the letter's language.
+        assert closing == (
+            "Envoyée par un sympathisant depuis la page d'action de Urgent Action Network."
+        )
     assert set((await ledger(sessionmaker)).values()) == {"sent"}
 
 

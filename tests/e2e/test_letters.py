@@ -4,6 +4,7 @@ one email action per target; a target that answers 550 shows as a warning on the
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from email.utils import getaddresses
@@ -69,7 +70,7 @@ async def test_letter_reaches_each_target_once_counts_and_a_bounce_warns_staff(
 
         [mail] = await eventually(lambda: stack.smtp.to(JUDGE), what="the letter to the judge")
         assert getaddresses([mail.header("Reply-To")])[0][1] == SUBSCRIBER
-        assert getaddresses([mail.header("From")])[0][0] == "Ana Lima"
+        assert getaddresses([mail.header("From")])[0][0] == "Ana Lima via Urgent Action Network"
         assert mail.header("Subject") == "Urgent Action: journalist at risk of torture"
         assert mail.part("plain").startswith("Free him now.")
 
@@ -135,3 +136,43 @@ async def _emails_counted(
 ) -> dict[str, object] | None:
     counts = await stats(client, stack, published)  # type: ignore[arg-type]
     return counts if counts["responses"]["by_kind"]["email"] == 2 else None
+
+
+async def test_a_letter_cannot_pass_for_the_organisation_nor_reply_to_anyone(stack: Stack) -> None:
+    """As a mail client reads it: From "<writer> via <organisation>" at UANET_MAIL_FROM's
+    address, a closing line saying a supporter sent it; Reply-To the subscriber's confirmed
+    email, or another address only after it followed the link emailed to it."""
+    other = "legal-dept@example.com"
+    async with httpx.AsyncClient(timeout=30) as client:
+        published = await publish_to_a_subscriber(client, stack)
+        own = {"name": "Ana Lima", "email": SUBSCRIBER, "letter": "Free him now."}
+        assert (await client.post(f"{published.act_url}/letter", json=own)).status_code == 202
+        forwarded = {"name": "Amnesty Legal Dept", "email": other, "letter": "Free him today."}
+        asked = await client.post(f"{published.act_url}/letter", json=forwarded)
+        assert asked.json()["status"] == "confirm_email"
+
+        [check] = await eventually(lambda: stack.smtp.to(other), what="the reply address's link")
+        link = re.search(r"https?://\S+/letters/\S+", check.part("plain"))
+        assert link
+        assert check.header("Reply-To") == ""
+        await eventually(lambda: stack.smtp.to(JUDGE), what="the subscriber's letter")
+        assert (await client.get(link.group(0))).status_code == 200
+        assert len(stack.smtp.to(JUDGE)) == 1  # following the link is not enough: the button
+        assert (await client.post(link.group(0), json={})).json()["status"] == "sent"
+        assert (await client.post(link.group(0), json={})).json()["status"] == "already_sent"
+        letters = await eventually(
+            lambda: stack.smtp.to(JUDGE) if len(stack.smtp.to(JUDGE)) == 2 else None,
+            what="the second letter",
+        )
+
+    by_writer = {mail.message["Reply-To"].addresses[0].addr_spec: mail for mail in letters}
+    assert set(by_writer) == {SUBSCRIBER, other}
+    for reply_to, mail in by_writer.items():
+        [sender] = mail.message["From"].addresses
+        writer = "Ana Lima" if reply_to == SUBSCRIBER else "Amnesty Legal Dept"
+        assert sender.display_name == f"{writer} via Urgent Action Network"
+        assert sender.addr_spec == "alerts@localhost"  # UANET_MAIL_FROM's address
+        last_line = mail.part("plain").rstrip().splitlines()[-1]
+        assert last_line == "Sent by a supporter through the action page of Urgent Action Network."
+    await asyncio.sleep(0.5)
+    assert len(stack.smtp.to(JUDGE)) == 2 and len(stack.smtp.to(other)) == 1

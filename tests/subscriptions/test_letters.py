@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.subscriptions.handlers import SubscriptionHandlers
 from services.subscriptions.letters import MAX_LETTERS_PER_ACTION
 from services.subscriptions.links import Links
-from services.subscriptions.models import KnownAction
+from services.subscriptions.models import KnownAction, Subscriber
 from shared.events import ActionTargetsChanged, Target
 from shared.messaging import Delivery, Retry
 from tests.subscriptions.conftest import (
@@ -215,3 +215,67 @@ async def test_the_page_shows_a_target_address_staff_fixed(
     unknown = ActionTargetsChanged(action_id=uuid.uuid4(), reference="UA 1/26", targets=[])
     with pytest.raises(Retry, match="action not known yet"):
         await handlers.on_action_event(unknown, delivery)
+
+
+async def test_another_reply_address_gets_one_link_and_the_letter_goes_when_it_is_followed(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], links: Links
+) -> None:
+    """Whoever holds a forwarded act link may write, but replies go to an address only once it
+    showed it is theirs: a link emailed to it, a page with a button, its POST sends once."""
+    action_id, path = await seed(sessionmaker, links)
+    other = {**LETTER, "email": "legal-dept@example.com", "name": "Amnesty Legal Dept"}
+
+    asked = await client.post(f"{path}/letter", json=other)
+
+    assert asked.status_code == 202, asked.text
+    assert asked.json()["status"] == "confirm_email"
+    letter_id = asked.json()["letter_id"]
+    assert await outbox(sessionmaker, "letter.requested") == []
+    assert await outbox(sessionmaker, "response.recorded") == []  # nothing counts yet
+    [check] = await outbox(sessionmaker, "dispatch.message")
+    assert (check["template"], check["channel"], check["to"]) == (
+        "letter_check",
+        "email",
+        "legal-dept@example.com",
+    )
+    assert check["message_id"] == str(uuid.uuid5(uuid.UUID(letter_id), "letter_check"))
+    link = path_of(check["context"]["confirm_url"])
+    assert link.startswith("/letters/")
+
+    page = await client.get(link)  # a mail scanner following the link sends nothing
+    assert page.status_code == 200
+    assert f'action="{link}"' in page.text and "<button" in page.text
+    assert await outbox(sessionmaker, "letter.requested") == []
+
+    sent = await client.post(link, json={})
+    again = await client.post(link, data={})
+
+    assert sent.status_code == 200, sent.text
+    assert sent.json() == {"status": "sent", "letter_id": letter_id}
+    assert again.status_code == 200
+    [command] = await outbox(sessionmaker, "letter.requested")
+    assert command["letter_id"] == letter_id and command["action_id"] == str(action_id)
+    assert (command["sender_name"], command["sender_email"]) == (
+        "Amnesty Legal Dept",
+        "legal-dept@example.com",
+    )
+    [report] = await outbox(sessionmaker, "response.recorded")
+    assert (report["message_id"], report["count"]) == (letter_id, 2)
+    assert (await client.post(link + "x", json={})).status_code == 404
+    assert (await client.get("/letters/not-a-token")).status_code == 404
+
+
+async def test_an_unconfirmed_own_address_is_asked_too(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], links: Links
+) -> None:
+    _, path = await seed(sessionmaker, links, email="ana@example.net")
+    async with sessionmaker() as session, session.begin():
+        await session.execute(update(Subscriber).values(email_status="pending"))
+
+    asked = await client.post(f"{path}/letter", data=LETTER)
+
+    assert asked.status_code == 200
+    assert "Check your inbox to send your letter" in asked.text
+    assert await outbox(sessionmaker, "letter.requested") == []
+    [check] = await outbox(sessionmaker, "dispatch.message")
+    assert check["to"] == "ana@example.net"
