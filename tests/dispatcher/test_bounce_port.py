@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.dispatcher.feedback.mail import read_bounce
-from services.dispatcher.feedback.models import FeedbackEvent
+from services.dispatcher.feedback.models import FeedbackEvent, UnmatchedFeedback
 from services.dispatcher.feedback.port import BouncePort
 from services.dispatcher.feedback.record import FeedbackRecorder
 from services.dispatcher.identity import MessageRef, MessageTags
@@ -230,6 +230,26 @@ async def test_mail_that_reports_nothing_is_accepted_and_dropped(port: Port) -> 
     await port.hand_on(samples.postfix_hard(forged, mid, ANA), to=forged)
     assert await status_of(port.sessionmaker, Delivery, row.id) == SENT
     assert await outbox(port.sessionmaker) == []
+
+
+async def test_reports_that_match_no_message_are_counted_not_kept(port: Port) -> None:
+    """Anyone can mail the bounce address: reports on no message of ours, each different, leave
+    two counts and no row each (the table would grow without end)."""
+    for n in range(30):
+        bogus = f"bounces+d{n}-aaaaaaaaaa@example.org"
+        await port.hand_on(samples.postfix_hard(bogus, f"<{n}@elsewhere.example>", ANA), to=bogus)
+    for n in range(5):
+        bogus = f"bounces+d{n}-bbbbbbbbbb@example.org"
+        await port.hand_on(samples.arf_complaint(bogus, f"<c{n}@elsewhere.example>", ANA), to=bogus)
+
+    async with port.sessionmaker() as session:
+        assert (await session.execute(select(FeedbackEvent))).scalars().all() == []
+        counts = {
+            (row.source, row.kind): row.count
+            for row in (await session.execute(select(UnmatchedFeedback))).scalars()
+        }
+    assert counts == {("smtp", "hard_bounce"): 30, ("smtp", "complaint"): 5}
+    assert await outbox(port.sessionmaker) == []  # a mailed report's address is not believed
 
 
 async def test_a_bounced_digest_fails_every_alert_it_carried(port: Port) -> None:

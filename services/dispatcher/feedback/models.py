@@ -1,5 +1,6 @@
-"""The feedback ledger: every report applied, once (unique on its key), and the Mailgun tokens
-already seen (a token is good for one event only)."""
+"""The feedback ledger: every report on a message of ours, once (unique on its key); counts of
+the reports that matched none (anyone can mail the bounce address: a row each would grow without
+end); and the Mailgun tokens already seen (a token is good for one event only)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,14 @@ class WebhookToken(Base):
     token: Mapped[str] = mapped_column(String(128), primary_key=True)
     event_key: Mapped[str] = mapped_column(String(200))
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class UnmatchedFeedback(Base):
+    """How many reports matched no message of ours, by route and kind (counts, not rows)."""
+
+    __tablename__ = "dispatch_feedback_unmatched"
+
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

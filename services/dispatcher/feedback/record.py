@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.dispatcher.feedback.models import FeedbackEvent
+from services.dispatcher.feedback.models import FeedbackEvent, UnmatchedFeedback
 from services.dispatcher.feedback.reports import Feedback
 from services.dispatcher.identity import MessageRef, MessageTags
 from services.dispatcher.letters import LetterDelivery
@@ -87,6 +87,8 @@ class FeedbackRecorder:
     async def record(self, feedback: Feedback) -> bool:
         """Apply one report; False when it was seen before (nothing changes)."""
         ref = self.resolve(feedback)
+        if ref is None and not _suppress_reported(feedback):
+            return await self._unmatched(feedback)
         async with self.sessionmaker() as session, session.begin():
             event_id = await _first_time(session, feedback, ref)
             if event_id is None:
@@ -113,6 +115,19 @@ class FeedbackRecorder:
         if event_id is not None:
             self.notify()
         return event_id is not None
+
+    async def _unmatched(self, feedback: Feedback) -> bool:
+        """A report on no message of ours that changes nothing: counted, not kept (anyone can
+        mail the bounce address; a row each would grow without end). A signed ESP event that
+        suppresses an address is kept like any other, so a retried one changes nothing twice."""
+        async with self.sessionmaker() as session, session.begin():
+            await _count_unmatched(session, feedback)
+        FEEDBACK.labels(feedback.source, feedback.kind, "unmatched").inc()
+        log.info(
+            "email feedback",
+            extra={"source": feedback.source, "kind": feedback.kind, "outcome": "unmatched"},
+        )
+        return True
 
     async def _apply(
         self, session: AsyncSession, feedback: Feedback, ref: MessageRef | None, event_id: int
@@ -169,6 +184,21 @@ async def _first_time(
     )
     found: int | None = inserted.scalar_one_or_none()
     return found
+
+
+async def _count_unmatched(session: AsyncSession, feedback: Feedback) -> None:
+    dialect = session.get_bind().dialect.name
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    now = utcnow()
+    insert = module.insert(UnmatchedFeedback).values(
+        source=feedback.source, kind=feedback.kind, count=1, last_at=now
+    )
+    await session.execute(
+        insert.on_conflict_do_update(
+            index_elements=["source", "kind"],
+            set_={"count": UnmatchedFeedback.count + 1, "last_at": now},
+        )
+    )
 
 
 async def _locked(session: AsyncSession, model: type[Any], row_id: int) -> Any:

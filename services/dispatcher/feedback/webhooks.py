@@ -50,10 +50,17 @@ MAILGUN_PATH = "/webhooks/email/mailgun"
 SES_PATH = "/webhooks/email/ses"
 SENDGRID_SIGNATURE = "x-twilio-email-event-webhook-signature"
 SENDGRID_TIMESTAMP = "x-twilio-email-event-webhook-timestamp"
-# Mailgun: a signature older (or further ahead) than this is refused, as its docs advise.
+# Mailgun and SendGrid: a signature older (or further ahead) than this is refused, as Mailgun's
+# docs advise: a captured call cannot be replayed later (each retry is signed afresh).
 MAILGUN_MAX_AGE = 300
+SENDGRID_MAX_AGE = MAILGUN_MAX_AGE
 # Tokens are kept a while longer than they could be replayed.
 _TOKEN_KEPT = timedelta(days=1)
+
+
+def _fresh(timestamp: str, now: float, max_age: int) -> bool:
+    """A signed Unix timestamp within ``max_age`` seconds of now, either way."""
+    return timestamp.isascii() and timestamp.isdigit() and abs(now - int(timestamp)) <= max_age
 
 
 def _forbidden() -> Response:
@@ -285,6 +292,8 @@ def install_feedback_webhooks(
             body=body,
         ):
             return _forbidden()
+        if not _fresh(request.headers.get(SENDGRID_TIMESTAMP, ""), clock(), SENDGRID_MAX_AGE):
+            return _forbidden()
         try:
             events = json.loads(body)
         except ValueError:
@@ -315,7 +324,7 @@ def install_feedback_webhooks(
             return _forbidden()
         if not mailgun_signature_valid(key, timestamp=timestamp, token=token, signature=signature):
             return _forbidden()
-        if not timestamp.isdigit() or abs(clock() - int(timestamp)) > MAILGUN_MAX_AGE:
+        if not _fresh(timestamp, clock(), MAILGUN_MAX_AGE):
             return _forbidden()
         data = payload.get("event-data")
         if not isinstance(data, dict):
