@@ -171,9 +171,9 @@ async def dispatcher(
 
 
 def sendgrid_headers(
-    body: bytes, key: ec.EllipticCurvePrivateKey = SENDGRID_PRIVATE
+    body: bytes, key: ec.EllipticCurvePrivateKey = SENDGRID_PRIVATE, *, age: int = 0
 ) -> dict[str, str]:
-    timestamp = str(int(time.time()))
+    timestamp = str(int(time.time()) - age)
     signature = key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
     return {
         "Content-Type": "application/json",
@@ -273,11 +273,16 @@ async def test_sendgrid_refuses_what_it_did_not_sign(dispatcher: Dispatcher) -> 
         )
         headers["X-Twilio-Email-Event-Webhook-Timestamp"] = "1"
         other_time = await client.post("/webhooks/email/sendgrid", content=body, headers=headers)
+        # Signed by SendGrid, but 10 minutes ago: a captured call replayed later.
+        replayed = await client.post(
+            "/webhooks/email/sendgrid", content=body, headers=sendgrid_headers(body, age=600)
+        )
         not_json = b"{not json"
         bad = await client.post(
             "/webhooks/email/sendgrid", content=not_json, headers=sendgrid_headers(not_json)
         )
-    assert [r.status_code for r in (forged, unsigned, tampered, other_time)] == [403] * 4
+    refused = (forged, unsigned, tampered, other_time, replayed)
+    assert [r.status_code for r in refused] == [403] * 5
     assert bad.status_code == 400
     assert await dispatcher.status(row.id) == SENT
     assert await dispatcher.outbox() == []
