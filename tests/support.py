@@ -32,6 +32,7 @@ class ReceivedMail:
     mail_from: str
     rcpt_tos: list[str]
     message: EmailMessage
+    raw: bytes = b""  # as DATA carried it (dots unstuffed)
 
     @property
     def to(self) -> str:
@@ -77,7 +78,7 @@ class SmtpRecorder:
         assert isinstance(parsed, EmailMessage)
         with self._lock:
             self.messages.append(
-                ReceivedMail(str(envelope.mail_from), list(envelope.rcpt_tos), parsed)
+                ReceivedMail(str(envelope.mail_from), list(envelope.rcpt_tos), parsed, raw)
             )
         return "250 Message accepted"
 

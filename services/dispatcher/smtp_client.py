@@ -23,8 +23,10 @@ import aiosmtplib
 
 # A whole reply, continuation lines included, may not exceed this (bounds memory).
 MAX_REPLY = 32 * 1024
-# Lone LF in a message: the dispatcher's bytes are CRLF already; letters and others may not be.
-_LONE_LF = re.compile(rb"(?<!\r)\n")
+# Lone LF or lone CR in a message: the dispatcher's bytes are CRLF already; letters and others
+# may not be. A bare CR is normalised too (defence in depth): relays that read it as a line end
+# could otherwise be shown an end of DATA (``\r.\r``) we never sent (SMTP smuggling).
+_LONE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 
 class Reply(NamedTuple):
@@ -232,10 +234,12 @@ class SmtpConnection:
 
 
 def message_content(message: bytes) -> bytes:
-    """The message as DATA carries it: CRLF line ends, leading dots doubled, the final dot.
-    The common case (CRLF already, no line starting with a dot) costs two scans in C."""
-    if message.count(b"\n") != message.count(b"\r\n"):
-        message = _LONE_LF.sub(b"\r\n", message)
+    """The message as DATA carries it: CRLF line ends (a lone CR or LF becomes CRLF), leading
+    dots doubled, the final dot. The common case (CRLF already, no line starting with a dot)
+    costs a few scans in C."""
+    crlf = message.count(b"\r\n")
+    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
+        message = _LONE_CR_OR_LF.sub(b"\r\n", message)
     if message.startswith(b"."):
         message = b"." + message
     message = message.replace(b"\n.", b"\n..")

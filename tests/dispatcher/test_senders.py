@@ -66,6 +66,29 @@ async def test_smtp_sends_bytes_and_reuses_connections(smtp: SmtpRecorder) -> No
     assert received[0].header("Subject") == "Hi"
 
 
+async def test_bare_cr_and_lf_go_as_crlf_and_cannot_end_data(smtp: SmtpRecorder) -> None:
+    """Defence in depth: a bare CR (or LF) in a message goes as CRLF, so no relay reading a bare
+    CR as a line end can be shown an end of DATA (``\\r.\\r``) and a second message after it."""
+    smuggled = (
+        b"From: alerts@example.org\r\nTo: ana@example.net\r\nSubject: Hi\r\n\r\n"
+        b"Hello\r.\rMAIL FROM:<x@evil.example>\rRCPT TO:<ben@example.net>\rDATA\r"
+        b"Subject: smuggled\n.\nbye\r\n"
+    )
+    sender = SmtpEmailSender(settings(smtp_host="127.0.0.1", smtp_port=smtp.port))
+    try:
+        result = await sender.send("alerts@example.org", "ana@example.net", smuggled)
+    finally:
+        await sender.close()
+    assert result.outcome == "sent"
+    [mail] = smtp.to("ana@example.net")
+    assert smtp.to("ben@example.net") == []
+    assert mail.raw.count(b"\r") == mail.raw.count(b"\n") == mail.raw.count(b"\r\n")
+    assert mail.raw.endswith(
+        b"Hello\r\n.\r\nMAIL FROM:<x@evil.example>\r\nRCPT TO:<ben@example.net>\r\nDATA\r\n"
+        b"Subject: smuggled\r\n.\r\nbye\r\n"
+    )
+
+
 async def test_smtp_5xx_recipient_is_a_hard_bounce(smtp: SmtpRecorder) -> None:
     smtp.reply_for["gone@example.net"] = "550 5.1.1 No such user"
     sender = SmtpEmailSender(settings(smtp_host="127.0.0.1", smtp_port=smtp.port))
