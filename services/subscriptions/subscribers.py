@@ -257,7 +257,7 @@ async def update_preferences(
         subscriber.timezone = update.timezone
     if update.frequency is not None:
         subscriber.frequency = update.frequency
-    if update.name is not None:
+    if update.name:  # empty: kept (the page does not show the name it has, so sends none)
         subscriber.name = update.name
     awaiting: list[Channel] = []
     if update.channels is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.subscriptions.app import create_app
@@ -210,6 +210,29 @@ async def test_preferences_page_and_form(
     bad_link = await client.post(tamper(path), json={"language": "fr"})
     assert bad_link.status_code == 404
     assert bad_link.json() == {"detail": "unknown or invalid link"}
+
+
+async def test_the_preferences_page_shows_what_can_change_not_who_they_are(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], links: Links
+) -> None:
+    """Whoever holds a forwarded preferences link sees the page: not the subscriber's name nor
+    addresses. An empty name field keeps the name; a new one replaces it."""
+    subscriber = await signed_up(client, sessionmaker)
+    async with sessionmaker() as session, session.begin():
+        await session.execute(update(Subscriber).values(name="Ana Lima-Okonkwo"))
+    path = path_of(links.preferences(subscriber.public_id))
+
+    page = await client.get(path)
+
+    assert page.status_code == 200
+    for personal in ("Lima-Okonkwo", "ana@example.net", "7911123456"):
+        assert personal not in page.text
+    assert 'id="name" name="name"' in page.text
+    kept = await client.post(path, data={"name": "", "channels": ["email", "sms"]})
+    assert kept.status_code == 200 and "Lima-Okonkwo" not in kept.text
+    assert (await reload(sessionmaker)).name == "Ana Lima-Okonkwo"
+    await client.post(path, data={"name": "Ana L.", "channels": ["email", "sms"]})
+    assert (await reload(sessionmaker)).name == "Ana L."
 
 
 async def test_preferences_json_turns_a_channel_back_on_with_a_confirmation(
