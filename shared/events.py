@@ -254,6 +254,20 @@ class LetterRequested(Message):
     body: str = Field(max_length=20_000)
 
 
+class LetterWritten(Message):
+    """A subscriber's letter to an action's officials was taken (the dispatcher emails it): the
+    publisher lists it as an OSDI outreach. ``letter_id`` is its id and dedup key. Nothing of the
+    letter itself travels (no text, no name, no address): the subscriber's id, the language (the
+    email's subject is the action's, in that language) and whom it went to (name and title)."""
+
+    ROUTING_KEY: ClassVar[str] = "letter.written"
+    letter_id: uuid.UUID
+    action_id: uuid.UUID
+    subscriber_id: uuid.UUID
+    language: str
+    targets: list[Target]
+
+
 # ---- dispatcher -> publisher / subscriptions --------------------------------------------------
 
 
@@ -330,6 +344,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     ResponseRecorded,
     SubscriberErased,
     LetterRequested,
+    LetterWritten,
     DeliveriesReported,
     DeliveryStatusChanged,
     RecipientSuppressed,

@@ -109,6 +109,11 @@ QUEUES: tuple[QueueSpec, ...] = (
     # Letters to officials: 60 s is also the wait of a letter held back by a target's rate limit.
     QueueSpec("dispatcher.letters", (events.LetterRequested.ROUTING_KEY,), (1, 5, 60, 300, 900)),
     QueueSpec("publisher.targets", (events.TargetBounced.ROUTING_KEY,)),
+    # OSDI outreaches: letters written, and erasures that take the person off them.
+    QueueSpec(
+        "publisher.outreaches",
+        (events.LetterWritten.ROUTING_KEY, events.SubscriberErased.ROUTING_KEY),
+    ),
     # What staff do in another service: erasures for the audit log, the last use of a token.
     QueueSpec(
         "publisher.audit",

@@ -127,8 +127,10 @@ class AdvocacyCampaign(ResourceShape):
     links: CampaignLinks = Field(alias="_links")
 
 
-class OutreachLinks(SelfLinks):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class OutreachLinks(Strict):
+    # §8 names only osdi:person (absent once the writer is erased); uanet serves no outreach on
+    # its own, so a self link is optional.
+    self_: Link | None = Field(None, alias="self")
     person: Link | None = Field(None, alias="osdi:person")
     campaign: Link | None = Field(None, alias="osdi:advocacy_campaign")
 

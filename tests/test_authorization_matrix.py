@@ -86,6 +86,11 @@ API: tuple[ApiRoute, ...] = (
     ApiRoute("publisher", "GET", f"/api/v1/actions/{ACTION}/stats.csv", READ),
     ApiRoute("publisher", "GET", f"/api/v1/actions/{ACTION}/stats/stream", READ, cookie=True),
     ApiRoute("publisher", "GET", "/api/v1/audit", ADMIN),
+    ApiRoute("publisher", "GET", "/osdi/v1/", READ),
+    ApiRoute("publisher", "GET", "/osdi/v1/advocacy_campaigns", READ),
+    ApiRoute("publisher", "GET", f"/osdi/v1/advocacy_campaigns/{ACTION}", READ),
+    ApiRoute("publisher", "GET", f"/osdi/v1/advocacy_campaigns/{ACTION}/outreaches", READ),
+    ApiRoute("publisher", "GET", "/osdi/v1/no-such-thing", READ),
     # Not routes: the rest of /api/v1 answers 401 first too (§7 "whatever its path").
     ApiRoute("publisher", "GET", "/api/v1/no-such-thing", EVERYONE),
     ApiRoute("publisher", "DELETE", f"/api/v1/actions/{ACTION}", EVERYONE),

@@ -14,8 +14,12 @@ from services.publisher.console import CONSOLE_HEADERS, install_console
 from services.publisher.database import Database
 from services.publisher.live_streams import StreamSlots
 from services.publisher.models import Outbox
+from services.publisher.osdi.outreaches import OUTREACH_EVENTS, OUTREACH_QUEUE, OutreachConsumer
+from services.publisher.osdi.routes import OSDI_READER
+from services.publisher.osdi.routes import router as osdi_router
 from services.publisher.tally import TALLY_EVENTS, StatsNotifier, TallyConsumer
 from shared import events
+from shared.access import guard_unknown_api_paths
 from shared.runtime import ServiceRuntime, Subscription, broker_node_of
 from shared.settings import Settings
 from shared.web import install_common
@@ -37,6 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
             [
                 Subscription(TALLY_QUEUE, tally, TALLY_EVENTS),
                 Subscription(BOUNCE_QUEUE, BounceConsumer(database), (events.TargetBounced,)),
+                Subscription(OUTREACH_QUEUE, OutreachConsumer(database), OUTREACH_EVENTS),
                 Subscription(
                     AUDIT_QUEUE,
                     AuditConsumer(database),
@@ -65,7 +70,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.tally = tally
     app.include_router(router)
     app.include_router(audit_router)
+    app.include_router(osdi_router)
     install_error_responses(app)
+    # Unknown paths under /osdi/v1/ ask for a token first too.
+    guard_unknown_api_paths(app, OSDI_READER, prefix="/osdi/v1/")
     install_console(app)
     install_common(
         app,

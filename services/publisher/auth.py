@@ -233,15 +233,19 @@ class TokenGuard(Guard):
         self.roles = roles
         self.console_session = console_session
 
+    async def presented(self, request: Request) -> str | None:
+        """The token the request carries (``Authorization: Bearer``), if any."""
+        credentials = await bearer(request)
+        return credentials.credentials if credentials is not None else None
+
     async def check(self, request: Request) -> Principal:
         if self.console_session and "authorization" not in request.headers:
             user = await signed_in_user(request)
             if user is not None:
                 return Principal(kind="account", id=user.id, name=user.email, role=user.role)
-        credentials = await bearer(request)
-        if credentials is None or not credentials.credentials:
+        token = await self.presented(request)
+        if not token:
             raise unauthorized("a bearer token is required")
-        token = credentials.credentials
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             raise unauthorized("unknown, expired or revoked token")
         database: Database = request.app.state.database

@@ -244,3 +244,51 @@ class TargetBounce(Base):
     # note. fixed_to is the address letters go to instead (None: the target has no email now).
     fixed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     fixed_to: Mapped[str | None] = mapped_column(String(320), nullable=True)
+
+
+class Outreach(Base):
+    """A letter a subscriber wrote to an action's officials, as OSDI lists it (an outreach): whom
+    it went to and when; who wrote it by subscriber id only, and not once they are erased.
+
+    ``seq`` orders an action's outreaches as they arrived, so paging through them is stable."""
+
+    __tablename__ = "osdi_outreaches"
+    __table_args__ = (
+        Index("ix_osdi_outreaches_action", "action_id", "seq"),
+        Index("ix_osdi_outreaches_subscriber", "subscriber_id"),
+    )
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    letter_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    action_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("urgent_actions.id", ondelete="CASCADE")
+    )
+    subscriber_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    language: Mapped[str] = mapped_column(String(8))
+    # The officials it went to: name and title only.
+    targets: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class OutreachTotal(Base):
+    """How many outreaches an action has, and when the last one arrived (the campaign's
+    ``total_outreaches`` and what moves its ``modified_date``), kept as they arrive."""
+
+    __tablename__ = "osdi_outreach_totals"
+
+    action_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("urgent_actions.id", ondelete="CASCADE"), primary_key=True
+    )
+    outreaches: Mapped[int] = mapped_column(Integer, default=0)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ErasedSubscriber(Base):
+    """A subscriber erased in subscriptions, by id only (as the audit log names them): a letter
+    of theirs that arrives after the erasure (a retried message) is kept without them."""
+
+    __tablename__ = "osdi_erased_subscribers"
+
+    subscriber_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -7,9 +7,9 @@ the subscriber's confirmed email. Any other address first gets one email with a 
 ``Reply-To`` (it has shown it is theirs). Until then the letter waits in ``pending_letters``.
 
 Sending a letter writes, in one transaction: its record (the dedup key, written when it was
-first posted), the dispatcher's command (``LetterRequested``) and the report the publisher
-counts (one ``email`` action per target written to, ``ResponseRecorded`` with the letter id as
-its id).
+first posted), the dispatcher's command (``LetterRequested``), the publisher's OSDI outreach
+(``LetterWritten``) and the report the publisher counts (one ``email`` action per target written
+to, ``ResponseRecorded`` with the letter id as its id).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from services.subscriptions.models import (
 from services.subscriptions.responses import lock_subscriber, record_response
 from services.subscriptions.schemas import LetterCreate
 from shared.db import outbox_row, utcnow
-from shared.events import LetterRequested, TransactionalMessage
+from shared.events import LetterRequested, LetterWritten, Target, TransactionalMessage
 from shared.tokens import CONFIRM_MAX_AGE
 
 # One person may write several times (a better letter, a second official...), but the
@@ -229,6 +229,22 @@ async def _send(
                 sender_name=name,
                 sender_email=email,
                 body=body,
+            ),
+        )
+    )
+    # The publisher's OSDI outreach: whom it went to, nothing of what it said or who wrote it.
+    session.add(
+        outbox_row(
+            Outbox,
+            LetterWritten(
+                letter_id=letter_id,
+                action_id=action.id,
+                subscriber_id=subscriber.public_id,
+                language=language,
+                targets=[
+                    Target(name=str(t.get("name") or ""), title=t.get("title") or None)
+                    for t in email_targets(action)
+                ],
             ),
         )
     )

@@ -1,6 +1,7 @@
 """Letters to the officials across the three services as processes (real HTTP, RabbitMQ, SMTP):
 a subscriber's letter reaches each target with an email once, with her as Reply-To; it counts as
-one email action per target; a target that answers 550 shows as a warning on the staff page."""
+one email action per target; a target that answers 550 shows as a warning on the staff page; the
+letters are OSDI outreaches on the publisher, anonymous once their writer is erased."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 from collections.abc import AsyncIterator
 from email.utils import getaddresses
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +28,7 @@ from tests.e2e.letters_flow import (
     stats,
 )
 from tests.e2e.stack import Stack, close_stack, open_stack
+from tests.osdi_shapes import OutreachesPage, Person
 from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
@@ -127,8 +130,53 @@ async def test_letter_reaches_each_target_once_counts_and_a_bounce_warns_staff(
         assert second.status_code == 202, second.text
         await eventually(lambda: stack.smtp.to(FIXED), what="the letter to the fixed address")
         await eventually(lambda: len(stack.smtp.to(JUDGE)) == 2, what="the judge's second letter")
+        await _osdi_outreaches(client, stack, published.action_id, published.coordinator)
     assert stack.smtp.to(MINISTER) == []
     assert len(stack.smtp.to(FIXED)) == 1
+
+
+async def _osdi_outreaches(
+    client: httpx.AsyncClient, stack: Stack, action_id: str, coordinator: str
+) -> None:
+    """OSDI (§8): the two letters are the action's outreaches on the publisher (carried there by
+    an event), each linking to its writer on subscriptions; erasing her leaves them, anonymous."""
+    url = f"{stack.url('publisher')}/osdi/v1/advocacy_campaigns/{action_id}/outreaches"
+    reader = {"OSDI-API-Token": coordinator}
+    admin_token = stack.token("admin", "letters-admin")
+
+    async def outreaches(with_person: bool) -> dict[str, Any] | None:
+        response = await client.get(url, headers=reader)
+        body: dict[str, Any] = response.json()
+        if body.get("total_records") != 2:
+            return None
+        linked = ["osdi:person" in o["_links"] for o in body["_embedded"]["osdi:outreaches"]]
+        return body if linked == [with_person] * 2 else None
+
+    page = await eventually(lambda: outreaches(True), what="the letters as OSDI outreaches")
+    OutreachesPage.model_validate(page)
+    first = page["_embedded"]["osdi:outreaches"][0]
+    assert first["targets"] == [
+        {"title": "Head of the Judiciary"},
+        {"title": "Minister of Justice"},
+    ]
+    person_url = first["_links"]["osdi:person"]["href"]
+    assert person_url.startswith(stack.url("subscriptions") + "/osdi/v1/people/")
+
+    async def person() -> dict[str, Any] | None:
+        response = await client.get(person_url, headers={"OSDI-API-Token": admin_token})
+        return response.json() if response.status_code == 200 else None  # token not known yet
+
+    ana = Person.model_validate(await eventually(person, what="the writer on subscriptions"))
+    assert ana.email_addresses[0].address == SUBSCRIBER and ana.given_name == "Ana Lima"
+
+    erased = await client.delete(
+        person_url.replace("/osdi/v1/people/", "/api/v1/subscribers/"),
+        headers={"Authorization": f"Bearer {admin_token}"},
+    )
+    assert erased.status_code == 204
+    await eventually(lambda: outreaches(False), what="the outreaches without their writer")
+    gone = await client.get(person_url, headers={"OSDI-API-Token": admin_token})
+    assert gone.status_code == 404
 
 
 async def _emails_counted(
