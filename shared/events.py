@@ -22,6 +22,8 @@ Outcome = Literal[
 ]
 ResponseKind = Literal["letter", "email", "call", "sms_reply", "other"]
 UpdateKind = Literal["further_information", "outcome"]
+ResponseSource = Literal["page", "sms", "letter"]
+UnsubscribeReason = Literal["link", "one_click", "sms_stop", "complaint", "hard_bounce", "admin"]
 # What a delivery is: the first alert, a follow-up (by update id) or the closing outcome.
 MessageKind = str  # "alert" | "update:<uuid>" | "closed"
 
@@ -227,6 +229,37 @@ class ResponseRecorded(Message):
     country: str | None = None
     kind: ResponseKind
     count: int = Field(ge=1, le=50)
+    # Where the report came from: the action page, an SMS reply, a letter sent from the page.
+    source: ResponseSource = "page"
+
+
+class SubscriberChanged(Message):
+    """A subscriber confirmed a channel or changed their preferences: what a CRM keeps of them
+    (the publisher turns it into a ``subscriber.confirmed`` or ``subscriber.updated`` webhook and
+    keeps it no longer than its delivery takes)."""
+
+    ROUTING_KEY: ClassVar[str] = "subscriber.changed"
+    change: Literal["confirmed", "updated"]
+    subscriber_id: uuid.UUID
+    email: str | None = None
+    phone: str | None = None
+    name: str = ""
+    country: str
+    language: str
+    timezone: str
+    channels: list[Channel]  # the confirmed ones
+    themes: list[str] = []
+    frequency: Literal["immediate", "daily_digest"] = "immediate"
+    confirmed_at: datetime | None = None
+
+
+class SubscriberUnsubscribed(Message):
+    """One channel of a subscriber stopped, and why."""
+
+    ROUTING_KEY: ClassVar[str] = "subscriber.unsubscribed"
+    subscriber_id: uuid.UUID
+    channel: Channel
+    reason: UnsubscribeReason
 
 
 class SubscriberErased(Message):
@@ -342,6 +375,8 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     DeliveryBatch,
     TransactionalMessage,
     ResponseRecorded,
+    SubscriberChanged,
+    SubscriberUnsubscribed,
     SubscriberErased,
     LetterRequested,
     LetterWritten,

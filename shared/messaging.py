@@ -119,6 +119,16 @@ QUEUES: tuple[QueueSpec, ...] = (
         "publisher.audit",
         (events.SubscriberErased.ROUTING_KEY, events.ApiTokenUsed.ROUTING_KEY),
     ),
+    # What the tools a campaign runs hear of (outbound webhooks, contract §8).
+    QueueSpec(
+        "publisher.webhooks",
+        (
+            events.SubscriberChanged.ROUTING_KEY,
+            events.SubscriberUnsubscribed.ROUTING_KEY,
+            events.SubscriberErased.ROUTING_KEY,
+            events.ResponseRecorded.ROUTING_KEY,
+        ),
+    ),
 )
 QUEUES_BY_NAME = {q.name: q for q in QUEUES}
 

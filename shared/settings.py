@@ -5,6 +5,8 @@ Nothing else in the project reads ``os.environ`` for configuration.
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Annotated
@@ -23,6 +25,22 @@ def _check_url(value: str, schemes: tuple[str, ...], name: str) -> str:
     if not value.startswith(schemes):
         raise ValueError(f"must start with one of {', '.join(schemes)}")
     return value.rstrip("/") if name.endswith("public_url") or name.endswith("api_base") else value
+
+
+# A delay as the Standard Webhooks schedule writes it: 5s, 5m, 30m, 2h, 1d (decimals, ms: tests).
+_DELAY = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)\s*$")
+_DELAY_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_delays(raw: str) -> tuple[timedelta, ...]:
+    """``"5s,5m,30m"`` as timedeltas; ValueError naming the part that is not one."""
+    delays = []
+    for part in raw.split(","):
+        match = _DELAY.match(part)
+        if match is None:
+            raise ValueError(f"{part.strip()!r} is not a delay such as 5s, 5m, 2h or 1d")
+        delays.append(timedelta(seconds=float(match.group(1)) * _DELAY_UNIT[match.group(2)]))
+    return tuple(delays)
 
 
 Rate = Annotated[Decimal, Field(ge=0)]
@@ -81,6 +99,11 @@ class Settings(BaseSettings):
     # dispatcher processes together; the rest wait in a delay queue. 0 means no limit.
     letters_per_target_per_minute: int = Field(10, ge=0, le=10_000)
     trusted_proxies: str = "127.0.0.1"
+    # Outbound webhooks (contract §8): the waits between tries of one event (the Standard
+    # Webhooks schedule), and how long an endpoint may fail without a success before it is
+    # disabled.
+    webhook_retry_schedule: str = "5s,5m,30m,2h,5h,10h,10h"
+    webhook_disable_after: str = "5d"
     # Bytes of one request body, on every service (at most a few MB, contract §7).
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=16_384, le=8_000_000)
 
@@ -104,6 +127,20 @@ class Settings(BaseSettings):
     @classmethod
     def _http(cls, v: str) -> str:
         return _check_url(v, ("http://", "https://"), "public_url")
+
+    @field_validator("webhook_retry_schedule", "webhook_disable_after")
+    @classmethod
+    def _delays(cls, v: str) -> str:
+        parse_delays(v)
+        return v
+
+    @property
+    def webhook_retry_delays(self) -> tuple[timedelta, ...]:
+        return parse_delays(self.webhook_retry_schedule)
+
+    @property
+    def webhook_disable_delay(self) -> timedelta:
+        return parse_delays(self.webhook_disable_after)[0]
 
     @field_validator("twilio_from")
     @classmethod

@@ -242,7 +242,12 @@ def dead_letters_replay(
 
 def _register_optional() -> None:
     """Commands that live with the code they drive (``uanet up``, users, subscribers)."""
-    for module in ("devtools.up", "uanet_cli.users", "uanet_cli.subscribers"):
+    for module in (
+        "devtools.up",
+        "uanet_cli.users",
+        "uanet_cli.subscribers",
+        "uanet_cli.webhooks",
+    ):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

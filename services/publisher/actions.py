@@ -24,7 +24,9 @@ from services.publisher.schemas import (
     ActionUpdateCreate,
     TargetsReplace,
     UrgentActionCreate,
+    UrgentActionRead,
 )
+from services.publisher.webhooks.record import record_event
 from shared import events
 from shared.db import outbox_row, utcnow
 
@@ -207,6 +209,12 @@ async def publish_action(
     action.published_at = now
     action.updated_at = now
     session.add(outbox_row(Outbox, _published_event(action)))
+    await record_event(
+        session,
+        "action.published",
+        UrgentActionRead.model_validate(action).model_dump(mode="json"),
+        occurred_at=now,
+    )
     audit.record_for_action(session, actor=actor, event=audit.ACTION_PUBLISHED, action=action)
     return action
 
@@ -326,6 +334,18 @@ async def add_follow_up(
         )
     )
     await session.flush()
+    await record_event(
+        session,
+        "action.updated",
+        {
+            "action_id": str(action.id),
+            "reference": action.reference,
+            "kind": update_in.kind,
+            "outcome": update_in.outcome,
+            "content": update.content,
+        },
+        occurred_at=now,
+    )
     details: dict[str, Any] = {"kind": update_in.kind, "update_id": str(update.id)}
     if update_in.outcome is not None:
         details["outcome"] = update_in.outcome
@@ -382,6 +402,12 @@ async def close_action(
                 default_language=action.default_language,
             ),
         )
+    )
+    await record_event(
+        session,
+        "action.closed",
+        {"action_id": str(action.id), "reference": action.reference, "outcome": close_in.outcome},
+        occurred_at=now,
     )
     audit.record_for_action(
         session,

@@ -18,6 +18,14 @@ from services.publisher.osdi.outreaches import OUTREACH_EVENTS, OUTREACH_QUEUE, 
 from services.publisher.osdi.routes import OSDI_READER
 from services.publisher.osdi.routes import router as osdi_router
 from services.publisher.tally import TALLY_EVENTS, StatsNotifier, TallyConsumer
+from services.publisher.webhooks.consumer import (
+    WEBHOOK_EVENTS,
+    WEBHOOKS_QUEUE,
+    WebhookEventsConsumer,
+)
+from services.publisher.webhooks.delivery import WebhookDeliverer
+from services.publisher.webhooks.routes import install_webhook_errors
+from services.publisher.webhooks.routes import router as webhooks_router
 from shared import events
 from shared.access import guard_unknown_api_paths
 from shared.runtime import ServiceRuntime, Subscription, broker_node_of
@@ -34,6 +42,15 @@ def create_app(settings: Settings) -> FastAPI:
     database = Database(runtime.engine, runtime.sessionmaker)
     notifier = StatsNotifier()
     tally = TallyConsumer(database, notifier)
+    # `uanet serve` refuses to start without UANET_SECRET_KEY; an app built for a test may not
+    # sign links, and then seals webhook secrets under the empty key.
+    sealing_key = settings.secret_key.get_secret_value() if settings.secret_key else ""
+    webhooks = WebhookDeliverer(
+        database,
+        secret_key=sealing_key,
+        retry_delays=settings.webhook_retry_delays,
+        disable_after=settings.webhook_disable_delay,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,11 +64,18 @@ def create_app(settings: Settings) -> FastAPI:
                     AuditConsumer(database),
                     (events.SubscriberErased, events.ApiTokenUsed),
                 ),
+                Subscription(
+                    WEBHOOKS_QUEUE,
+                    WebhookEventsConsumer(database, webhooks.notify),
+                    WEBHOOK_EVENTS,
+                ),
             ]
         )
+        webhooks.start()
         try:
             yield
         finally:
+            await webhooks.stop()
             await runtime.stop()
 
     # No /docs page: Swagger UI runs inline script, which the console's policy refuses.
@@ -68,10 +92,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.stats_notifier = notifier
     app.state.stream_slots = StreamSlots()
     app.state.tally = tally
+    app.state.webhooks = webhooks
+    app.state.sealing_key = sealing_key
     app.include_router(router)
     app.include_router(audit_router)
     app.include_router(osdi_router)
+    app.include_router(webhooks_router)
     install_error_responses(app)
+    install_webhook_errors(app)
     # Unknown paths under /osdi/v1/ ask for a token first too.
     guard_unknown_api_paths(app, OSDI_READER, prefix="/osdi/v1/")
     install_console(app)

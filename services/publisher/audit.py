@@ -44,6 +44,9 @@ TOKEN_REVOKED = "token.revoked"
 ACCOUNT_CREATED = "account.created"
 ACCOUNT_DISABLED = "account.disabled"
 SUBSCRIBER_ERASED = "subscriber.erased"
+WEBHOOK_ADDED = "webhook.added"
+WEBHOOK_REMOVED = "webhook.removed"
+WEBHOOK_REPLAYED = "webhook.replayed"
 EVENTS: tuple[str, ...] = (
     ACTION_CREATED,
     ACTION_EDITED,
@@ -56,6 +59,9 @@ EVENTS: tuple[str, ...] = (
     ACCOUNT_CREATED,
     ACCOUNT_DISABLED,
     SUBSCRIBER_ERASED,
+    WEBHOOK_ADDED,
+    WEBHOOK_REMOVED,
+    WEBHOOK_REPLAYED,
 )
 
 

@@ -24,6 +24,7 @@ from services.subscriptions.models import (
     ProcessedMessage,
     Subscriber,
 )
+from services.subscriptions.subscriber_events import channel_stopped
 from services.subscriptions.subscribers import Origin, unsubscribe
 from shared import events
 from shared.db import already_processed, utcnow
@@ -253,7 +254,14 @@ class SubscriptionHandlers:
                     origin=Origin("sms" if event.channel == "sms" else "api"),
                     reason="opted_out",
                 )
-            # A hard bounce leaves consent as it was: the suppression alone keeps it quiet.
+            elif (
+                subscriber is not None
+                and subscriber.address(event.channel) == event.address
+                and event.reason == "hard_bounce"
+            ):
+                # A hard bounce leaves consent as it was: the suppression alone keeps it quiet.
+                # A CRM still hears that the channel no longer reaches them.
+                channel_stopped(session, subscriber, event.channel, "hard_bounce")
         log.info(
             "recipient suppressed",
             extra={"channel": event.channel, "reason": event.reason, "known": bool(subscriber)},

@@ -4,6 +4,7 @@ confirm, preferences, unsubscribe (RFC 8058 one-click) and the action page."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -109,14 +110,15 @@ async def unsubscribe_now(token: str, request: Request, state: StateDep) -> HTML
         ref = state.links.read_unsubscribe(token)
     except InvalidToken:
         return state.invalid_link(request)
+    origin = state.origin(request)
+    if b"List-Unsubscribe=One-Click" in await request.body():
+        # A mail client's one-click button, not our page's: a CRM hears which.
+        origin = replace(origin, reason="one_click")
     async with state.unit_of_work() as session:
         subscriber = await store.subscriber_by_public_id(session, ref.subscriber, for_update=True)
         if subscriber is not None:
             await unsubscribe(
-                session=session,
-                subscriber=subscriber,
-                channel=ref.channel,
-                origin=state.origin(request),
+                session=session, subscriber=subscriber, channel=ref.channel, origin=origin
             )
     if subscriber is None:
         return state.invalid_link(request)

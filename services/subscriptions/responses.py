@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.subscriptions import store
 from services.subscriptions.models import ActionRecipient, Outbox, Response, Subscriber
 from shared.db import outbox_row, utcnow
-from shared.events import ResponseKind, ResponseRecorded
+from shared.events import ResponseKind, ResponseRecorded, ResponseSource
 
 # SMS reports take their id from Twilio's MessageSid, so a retried webhook counts once.
 SMS_REPORT_NAMESPACE = uuid.UUID("5b0e8f52-6c1e-4d57-9a51-1f6f1c3a7e0d")
@@ -79,7 +79,7 @@ async def report(
     report_id: uuid.UUID,
     kind: ResponseKind,
     count: int,
-    source: str,
+    source: ResponseSource,
 ) -> Recorded:
     """A subscriber's own report (page or SMS), within the cap and rate, in the caller's
     transaction."""
@@ -110,7 +110,7 @@ async def record_response(
     report_id: uuid.UUID,
     kind: ResponseKind,
     count: int,
-    source: str,
+    source: ResponseSource,
 ) -> bool:
     """Store the report and tell the publisher, in the caller's transaction.
 
@@ -141,6 +141,7 @@ async def record_response(
                 country=subscriber.country,
                 kind=kind,
                 count=count,
+                source=source,
             ),
         )
     )

@@ -27,8 +27,13 @@ from services.subscriptions.models import (
     SuppressionReason,
 )
 from services.subscriptions.schemas import PreferencesUpdate, SubscriberCreate
+from services.subscriptions.subscriber_events import (
+    channel_stopped,
+    last_confirmed_at,
+    profile_changed,
+)
 from shared.db import outbox_row, utcnow
-from shared.events import Channel, TransactionalMessage
+from shared.events import Channel, TransactionalMessage, UnsubscribeReason
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +225,20 @@ def mark_confirmed(
 ) -> None:
     subscriber.set_channel_status(channel, CONFIRMED)
     record_consent(session, subscriber, channel, "confirmed", origin)
+    profile_changed(session, subscriber, "confirmed", confirmed_at=utcnow())
+
+
+def _why_stopped(origin: Origin, reason: SuppressionReason) -> UnsubscribeReason:
+    """The reason a CRM hears (contract §8) for a channel stopped from ``origin``."""
+    if reason == "complaint":
+        return "complaint"
+    if reason == "hard_bounce":
+        return "hard_bounce"
+    if origin.source == "sms":
+        return "sms_stop"
+    if origin.source == "page":
+        return "one_click" if origin.reason == "one_click" else "link"
+    return "admin"
 
 
 async def unsubscribe(
@@ -237,6 +256,7 @@ async def unsubscribe(
     if subscriber.channel_status(channel) != UNSUBSCRIBED:
         subscriber.set_channel_status(channel, UNSUBSCRIBED)
         record_consent(session, subscriber, channel, "withdrawn", origin)
+        channel_stopped(session, subscriber, channel, _why_stopped(origin, reason))
     await store.suppress(session, channel=channel, address=address, reason=reason)
 
 
@@ -249,6 +269,26 @@ async def update_preferences(
     origin: Origin,
 ) -> list[Channel]:
     """Apply the preference centre; returns channels that now wait for a confirmation."""
+    awaiting = await _apply_preferences(
+        session=session, links=links, subscriber=subscriber, update=update, origin=origin
+    )
+    profile_changed(
+        session,
+        subscriber,
+        "updated",
+        confirmed_at=await last_confirmed_at(session, subscriber),
+    )
+    return awaiting
+
+
+async def _apply_preferences(
+    *,
+    session: AsyncSession,
+    links: Links,
+    subscriber: Subscriber,
+    update: PreferencesUpdate,
+    origin: Origin,
+) -> list[Channel]:
     if update.themes is not None:
         subscriber.themes = list(update.themes)
     if update.language is not None:
