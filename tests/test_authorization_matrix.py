@@ -52,6 +52,7 @@ ADMIN = frozenset({"admin"})
 EVERYONE = frozenset(ROLES)
 ACTION = "{action}"  # replaced by a published action's id
 SUBSCRIBER = "{subscriber}"  # replaced by an unknown subscriber id
+WEBHOOK = "{webhook}"  # replaced by an unknown webhook endpoint id
 
 UPDATE = {
     "kind": "further_information",
@@ -91,6 +92,24 @@ API: tuple[ApiRoute, ...] = (
     ApiRoute("publisher", "GET", f"/osdi/v1/advocacy_campaigns/{ACTION}", READ),
     ApiRoute("publisher", "GET", f"/osdi/v1/advocacy_campaigns/{ACTION}/outreaches", READ),
     ApiRoute("publisher", "GET", "/osdi/v1/no-such-thing", READ),
+    # Webhooks (§8): admin only.
+    ApiRoute(
+        "publisher",
+        "POST",
+        "/api/v1/webhooks",
+        ADMIN,
+        {"url": "https://crm.example.org/hooks", "events": ["action.published"]},
+    ),
+    ApiRoute("publisher", "GET", "/api/v1/webhooks", ADMIN),
+    ApiRoute("publisher", "DELETE", f"/api/v1/webhooks/{WEBHOOK}", ADMIN),
+    ApiRoute("publisher", "GET", f"/api/v1/webhooks/{WEBHOOK}/deliveries", ADMIN),
+    ApiRoute(
+        "publisher",
+        "POST",
+        f"/api/v1/webhooks/{WEBHOOK}/replay",
+        ADMIN,
+        {"since": "2026-12-01T00:00:00Z"},
+    ),
     # Not routes: the rest of /api/v1 answers 401 first too (§7 "whatever its path").
     ApiRoute("publisher", "GET", "/api/v1/no-such-thing", EVERYONE),
     ApiRoute("publisher", "DELETE", f"/api/v1/actions/{ACTION}", EVERYONE),
@@ -137,11 +156,17 @@ CONSOLE: tuple[ConsoleRoute, ...] = (
     ConsoleRoute("POST", f"/actions/{ACTION}/close", WRITE),
     ConsoleRoute("POST", f"/actions/{ACTION}/targets/fix", WRITE),
     ConsoleRoute("GET", "/audit", ADMIN),
+    ConsoleRoute("GET", "/webhooks", ADMIN),
+    ConsoleRoute("POST", f"/webhooks/{WEBHOOK}/replay", ADMIN),
 )
 
 
 def _template(path: str) -> str:
-    return path.replace(ACTION, "{action_id}").replace(SUBSCRIBER, "{subscriber_id}")
+    return (
+        path.replace(ACTION, "{action_id}")
+        .replace(SUBSCRIBER, "{subscriber_id}")
+        .replace(WEBHOOK, "{endpoint_id}")
+    )
 
 
 def test_every_route_is_in_the_matrix() -> None:
@@ -334,7 +359,11 @@ async def _api_matrix(
         httpx.AsyncClient(transport=transport, base_url="http://subscriptions.test") as local,
     ):
         for route in API:
-            path = route.path.replace(ACTION, action_id).replace(SUBSCRIBER, unknown_subscriber)
+            path = (
+                route.path.replace(ACTION, action_id)
+                .replace(SUBSCRIBER, unknown_subscriber)
+                .replace(WEBHOOK, str(uuid.uuid4()))
+            )
             for caller in callers:
                 if route.service == "publisher":
                     client, url = remote, publisher_url + path
@@ -366,7 +395,9 @@ async def _console_matrix(
     wrong: list[str] = []
     async with httpx.AsyncClient(timeout=10, follow_redirects=False) as client:
         for route in CONSOLE:
-            url = publisher_url + route.path.replace(ACTION, action_id)
+            url = publisher_url + route.path.replace(ACTION, action_id).replace(
+                WEBHOOK, str(uuid.uuid4())
+            )
             for caller in callers:
                 jar = cookies.get(caller.cookie_role or "")
                 status = await _status(client, route.method, url, caller, None, jar)

@@ -60,9 +60,7 @@ def profile_changed(
                 timezone=subscriber.timezone,
                 channels=[c for c in CHANNELS if subscriber.channel_status(c) == CONFIRMED],
                 themes=[str(t) for t in subscriber.themes],
-                frequency="daily_digest"
-                if subscriber.frequency == "daily_digest"
-                else "immediate",
+                frequency="daily_digest" if subscriber.frequency == "daily_digest" else "immediate",
                 confirmed_at=confirmed_at,
             ),
         )

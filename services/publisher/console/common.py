@@ -75,6 +75,9 @@ _templates.globals["EVENT_LABELS"] = {
     audit.ACCOUNT_CREATED: "Console account created",
     audit.ACCOUNT_DISABLED: "Console account disabled",
     audit.SUBSCRIBER_ERASED: "Subscriber erased",
+    audit.WEBHOOK_ADDED: "Webhook endpoint added",
+    audit.WEBHOOK_REMOVED: "Webhook endpoint removed",
+    audit.WEBHOOK_REPLAYED: "Webhook events replayed",
 }
 _templates.globals["OUTCOME_LABELS"] = {
     "released": "Released",
