@@ -98,7 +98,11 @@ class WebhookInbox:
             except (WebhookVerificationError, ValueError):
                 verified = False
         calls = len(self.to(name))
-        status = await self.respond(name, calls)
+        try:
+            status = await self.respond(name, calls)
+        except asyncio.CancelledError:
+            # The inbox is stopping with a slow answer under way: the sender sees it fail.
+            return Response(status_code=503)
         self.received.append(
             ReceivedWebhook(
                 endpoint=name,
