@@ -186,16 +186,28 @@ async def _best_effort(what: str, step: Awaitable[object]) -> bool:
     return False
 
 
+def demo_account(run: str | None = None) -> tuple[str, str]:
+    """A console account's email and password for this demo run (development only: printed)."""
+    run = run or secrets.token_hex(3)
+    return f"demo-{run}@example.org", secrets.token_urlsafe(12)
+
+
 async def run_demo(stack: DemoStack) -> None:
     from services.publisher.auth import create_api_token
+    from services.publisher.staff import create_staff_user
     from shared.db import make_engine, make_sessionmaker
 
     settings = stack.settings
     engine = make_engine(settings.publisher_database_url)
+    account_email, account_password = demo_account()
     try:
         sessions = make_sessionmaker(engine)
         staff_token = await create_api_token(sessions, role="staff", name="demo staff")
         admin_token = await create_api_token(sessions, role="admin", name="demo admin")
+        # The action page asks for a console sign-in: one an admin can use for everything.
+        await create_staff_user(
+            sessions, email=account_email, role="admin", password=account_password
+        )
     finally:
         await engine.dispose()
 
@@ -245,8 +257,12 @@ async def run_demo(stack: DemoStack) -> None:
                 f"delivered {delivered}, people who acted {stats['responses']['people']}, "
                 f"actions {stats['responses']['actions']} (the live counts go on updating)"
             )
+    console = f"http://localhost:{settings.publisher_port}"
     typer.echo("")
-    typer.echo(f"  action page   http://localhost:{settings.publisher_port}/actions/{action['id']}")
+    typer.echo(f"  action page   {console}/actions/{action['id']}")
+    typer.echo(f"  sign in at    {console}/login (development only; a new account each run)")
+    typer.echo(f"    email       {account_email}")
+    typer.echo(f"    password    {account_password}")
     typer.echo(f"  stats         {stats_url}")
     typer.echo(f"  live counts   {stats_url}/stream")
     typer.echo("  admin token (store it; it is not shown again):")

@@ -34,6 +34,7 @@ import typer
 from devtools.demo import run_demo
 from devtools.mailcatcher import MailCatcher
 from devtools.twilio_fake import FakeTwilio
+from devtools.webhook_inbox import WebhookInbox
 from shared.settings import SERVICES, Settings, SettingsError, load_settings
 
 VAR_DIR = Path("var")
@@ -44,6 +45,8 @@ CATCHER_HTTP_PORT = 8025
 OUTBOX_HOST = "127.0.0.1"
 OUTBOX_PORT = 8026
 OUTBOX_NUMBER = "+15005550006"
+WEBHOOK_INBOX_PORT = 8027
+DEMO_ENDPOINT = "demo"
 READY_TIMEOUT = 60.0
 STOP_GRACE = 35.0  # a dispatcher finishes and records its sends within 30 s (SIGTERM)
 
@@ -268,6 +271,9 @@ class Stack:
     demo: bool
     catcher: MailCatcher | None = None
     outbox: FakeTwilio | None = None
+    # The webhook inbox's port (None: no inbox, as in tests of the supervision alone).
+    inbox_port: int | None = WEBHOOK_INBOX_PORT
+    inbox: WebhookInbox | None = None
     children: list[Child] = field(default_factory=list)
 
     def local_url(self, service: str) -> str:
@@ -310,6 +316,51 @@ class Stack:
                     "is another `uanet up` running?"
                 ) from None
 
+        if self.inbox_port is not None:
+            inbox = WebhookInbox(host=CATCHER_HOST, port=self.inbox_port)
+            try:
+                await inbox.start()
+                self.inbox = inbox
+            except OSError as exc:
+                # Only a demo page: the stack runs without it.
+                typer.echo(
+                    f"webhook inbox: cannot listen on {CATCHER_HOST}:{self.inbox_port} "
+                    f"({exc.strerror}); going on without it",
+                    err=True,
+                )
+
+    async def register_demo_endpoint(self) -> None:
+        """A webhook endpoint for every event, pointing at the inbox, whose secret the inbox
+        holds (one made at each start: a secret is never shown twice)."""
+        from services.publisher.audit import Actor
+        from services.publisher.database import Database
+        from services.publisher.webhooks import registry
+        from services.publisher.webhooks.standard import EVENT_TYPES
+        from shared.db import make_engine, make_sessionmaker
+
+        assert self.inbox is not None
+        url = self.inbox.url(DEMO_ENDPOINT)
+        engine = make_engine(self.settings.publisher_database_url)
+        try:
+            database = Database(engine, make_sessionmaker(engine))
+            async with database.write() as session:
+                for old in await registry.list_endpoints(session):
+                    if old.url == url:
+                        await registry.remove_endpoint(
+                            session, endpoint_id=old.id, actor=Actor.command_line()
+                        )
+                _, secret = await registry.add_endpoint(
+                    session,
+                    endpoint_in=registry.WebhookEndpointCreate(
+                        url=url, events=list(EVENT_TYPES), description="uanet up: webhook inbox"
+                    ),
+                    secret_key=self.settings.require_secret(),
+                    actor=Actor.command_line(),
+                )
+        finally:
+            await engine.dispose()
+        self.inbox.secrets[DEMO_ENDPOINT] = secret
+
     async def start_services(self) -> None:
         for name in SERVICES:
             self.children.append(await Child.spawn(name, self.plan.env))
@@ -322,6 +373,11 @@ class Stack:
                     for c in self.children
                 )
             )
+        if self.inbox is not None:
+            try:
+                await self.register_demo_endpoint()
+            except Exception as exc:  # noqa: BLE001 - the page stays empty; the stack is fine
+                typer.echo(f"webhook inbox: no demo endpoint ({type(exc).__name__})", err=True)
         self.print_urls()
         if self.demo:
             try:
@@ -349,6 +405,8 @@ class Stack:
             rows.append(("SMS outbox (fake Twilio)", f"http://localhost:{self.outbox.port}/"))
         else:
             rows.append(("SMS", f"sent through Twilio at {s.twilio_api_base}"))
+        if self.inbox is not None:
+            rows.append(("webhook inbox (signed events)", f"http://localhost:{self.inbox.port}/"))
         width = max(len(label) for label, _ in rows)
         typer.echo("")
         typer.echo("uanet is up:")
@@ -363,6 +421,8 @@ class Stack:
             await self.outbox.stop()
         if self.catcher is not None:
             await self.catcher.stop()
+        if self.inbox is not None:
+            await self.inbox.stop()
 
 
 async def supervise(stack: Stack) -> int:

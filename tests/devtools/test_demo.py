@@ -30,3 +30,12 @@ def test_sample_action_is_a_valid_draft() -> None:
     action = UrgentActionCreate.model_validate(sample_action(date(2026, 1, 1)))
     assert action.deadline == date(2026, 1, 15)
     assert set(action.content) == {"en", "fr"}
+
+
+def test_the_demo_account_is_a_fresh_valid_console_sign_in() -> None:
+    from devtools.demo import demo_account
+    from services.publisher.staff import normalize_email
+
+    email, password = demo_account()
+    assert normalize_email(email) == email and len(password) >= 12
+    assert demo_account()[0] != email

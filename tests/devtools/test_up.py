@@ -161,7 +161,7 @@ def stand_in_stack(monkeypatch: pytest.MonkeyPatch) -> Stack:
         "UANET_DISPATCHER_PORT": str(free_port()),
     }
     result = child_environment(given, secret_key=lambda: "dev-secret")
-    return Stack(plan=result, settings=settings_for(result.env), demo=False)
+    return Stack(plan=result, settings=settings_for(result.env), demo=False, inbox_port=None)
 
 
 async def test_sigterm_stops_every_child_and_exits_0(
