@@ -9,7 +9,7 @@ from typing import Any, get_args
 import pytest
 from itsdangerous import URLSafeSerializer
 
-from shared.tokens import CONFIRM_MAX_AGE, InvalidToken, LinkSigner, Purpose
+from shared.tokens import CONFIRM_MAX_AGE, TIMED, InvalidToken, LinkSigner, Purpose
 
 SECRET = "test-secret-key-not-for-production"
 PURPOSES: tuple[Purpose, ...] = get_args(Purpose)
@@ -19,6 +19,7 @@ PAYLOADS: dict[str, Any] = {
     "unsubscribe": {"s": str(uuid.uuid4()), "c": "sms"},
     "preferences": str(uuid.uuid4()),
     "act": [123456],
+    "letter": str(uuid.uuid4()),
 }
 
 
@@ -73,12 +74,15 @@ def test_confirm_tokens_expire(monkeypatch: pytest.MonkeyPatch) -> None:
     now = time.time()
     monkeypatch.setattr(time, "time", lambda: now - CONFIRM_MAX_AGE - 60)
     old = signer.sign("confirm", PAYLOADS["confirm"])
+    letter = signer.sign("letter", PAYLOADS["letter"])
     monkeypatch.setattr(time, "time", lambda: now - CONFIRM_MAX_AGE + 60)
     recent = signer.sign("confirm", PAYLOADS["confirm"])
     monkeypatch.setattr(time, "time", lambda: now)
 
     with pytest.raises(InvalidToken, match="expired"):
         signer.unsign("confirm", old)
+    with pytest.raises(InvalidToken, match="expired"):  # a letter's reply-address link too
+        signer.unsign("letter", letter)
     assert signer.unsign("confirm", recent) == PAYLOADS["confirm"]
     with pytest.raises(InvalidToken, match="expired"):
         signer.unsign("confirm", recent, max_age=30)
@@ -94,7 +98,7 @@ def test_other_links_do_not_expire(monkeypatch: pytest.MonkeyPatch) -> None:
     assert signer.unsign("unsubscribe", token, max_age=1) == PAYLOADS["unsubscribe"]
 
 
-@pytest.mark.parametrize("purpose", [p for p in PURPOSES if p != "confirm"])
+@pytest.mark.parametrize("purpose", [p for p in PURPOSES if p not in TIMED])
 def test_untimed_tokens_are_those_itsdangerous_makes(purpose: Purpose) -> None:
     # The fast path must not change a single link already sent (or unsign would refuse it).
     reference = URLSafeSerializer(SECRET, salt=f"uanet.{purpose}")
