@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from shared import events
 from shared.broker_nodes import ClusterConnection, connect_cluster
+from shared.broker_users import H_SENT_BY, SenderCheck, amqp_user
 
 log = logging.getLogger(__name__)
 
@@ -281,10 +282,19 @@ class Broker:
     """One robust connection per process: a confirming channel to publish, one per consumer."""
 
     def __init__(
-        self, url: str, *, name: str = "uanet", queues: Sequence[QueueSpec] | None = None
+        self,
+        url: str,
+        *,
+        name: str = "uanet",
+        queues: Sequence[QueueSpec] | None = None,
+        sender_check: SenderCheck | None = None,
     ) -> None:
         self.url = url
         self.name = name
+        # Set on every message published (RabbitMQ checks it is the connection's user), and
+        # what the sender check reads on the messages consumed (broker_users.py).
+        self.user = amqp_user(url)
+        self.sender_check = sender_check
         # The topology this broker declares and consumes (the project's own unless a test says).
         self.queues: tuple[QueueSpec, ...] = QUEUES if queues is None else tuple(queues)
         self._specs = {q.name: q for q in self.queues}
@@ -395,6 +405,7 @@ class Broker:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             headers=headers or {},
             timestamp=datetime.now(UTC),
+            user_id=self.user,
         )
         channel = self.channel
         if exchange == EVENTS_EXCHANGE and self._exchange is not None:
@@ -482,6 +493,10 @@ class Broker:
         try:
             try:
                 try:
+                    if self.sender_check is not None and (
+                        refused := self.sender_check.refusal(routing_key, message.user_id, headers)
+                    ):
+                        raise Reject(refused)
                     model = _model_for(routing_key, models)
                     payload = model.model_validate_json(message.body)
                 except ValidationError as exc:
@@ -571,6 +586,8 @@ class Broker:
         headers.update(
             {H_ATTEMPT: next_attempt, H_ROUTING_KEY: routing_key, H_REASON: reason[:500]}
         )
+        if self.sender_check is not None:  # republished as us: who sent it travels along
+            headers[H_SENT_BY] = self.sender_check.sender(message.user_id, headers) or ""
         await self.publish(
             spec.delay_queue(wait),
             message.body,

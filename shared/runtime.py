@@ -16,9 +16,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import events
+from shared.broker_users import SenderCheck
 from shared.db import OutboxMixin, OutboxRelay, make_engine, make_sessionmaker, ping
-from shared.messaging import Broker, Handler
-from shared.settings import Settings
+from shared.messaging import QUEUES, Broker, Handler, QueueSpec
+from shared.settings import SERVICES, Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,23 @@ class ServiceRuntime:
     def __post_init__(self) -> None:
         self.engine = make_engine(self.settings.database_url(self.service))
         self.sessionmaker = make_sessionmaker(self.engine)
-        self.broker = Broker(self.settings.amqp_url, name=f"uanet-{self.service}")
+        self.broker = Broker(
+            self.settings.service_amqp_url(self.service),
+            name=f"uanet-{self.service}",
+            queues=self._queues(),
+            sender_check=SenderCheck.for_service(
+                {name: self.settings.service_amqp_url(name) for name in SERVICES}, self.service
+            ),
+        )
         self.relay = OutboxRelay(self.sessionmaker, self.outbox_model, self.broker)
+
+    def _queues(self) -> tuple[QueueSpec, ...]:
+        """The whole topology, declared by whichever service starts first; with a broker user
+        of its own (allowed only its own queues), only its own queues: `uanet broker users
+        --apply` declared the rest."""
+        if getattr(self.settings, f"{self.service}_amqp_url", None) is None:
+            return QUEUES
+        return tuple(q for q in QUEUES if q.name.startswith(f"{self.service}."))
 
     async def start(self, subscriptions: Sequence[Subscription]) -> None:
         self._starter = asyncio.create_task(self._connect_and_consume(subscriptions))

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
 
     # One broker, or the nodes of one RabbitMQ cluster comma-separated (broker_nodes.py).
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    # One service's own broker user (`uanet broker users`); unset: amqp_url (contract §11).
+    publisher_amqp_url: str | None = None
+    subscriptions_amqp_url: str | None = None
+    dispatcher_amqp_url: str | None = None
     publisher_database_url: str = "sqlite+aiosqlite:///var/publisher.db"
     subscriptions_database_url: str = "sqlite+aiosqlite:///var/subscriptions.db"
     dispatcher_database_url: str = "sqlite+aiosqlite:///var/dispatcher.db"
@@ -106,6 +110,11 @@ class Settings(BaseSettings):
     webhook_disable_after: str = "5d"
     # Bytes of one request body, on every service (at most a few MB, contract §7).
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=16_384, le=8_000_000)
+
+    @field_validator("publisher_amqp_url", "subscriptions_amqp_url", "dispatcher_amqp_url")
+    @classmethod
+    def _service_amqp(cls, v: str | None) -> str | None:
+        return cls._amqp(v) if v else None
 
     @field_validator("amqp_url")
     @classmethod
@@ -190,6 +199,11 @@ class Settings(BaseSettings):
     def database_url(self, service: str) -> str:
         url: str = getattr(self, f"{service}_database_url")
         return url
+
+    def service_amqp_url(self, service: str) -> str:
+        """The broker as ``service`` reaches it: its own user when one is set."""
+        own: str | None = getattr(self, f"{service}_amqp_url", None)
+        return own or self.amqp_url
 
     def port(self, service: str) -> int:
         port: int = getattr(self, f"{service}_port")

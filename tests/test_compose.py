@@ -185,3 +185,21 @@ def test_the_image_gets_every_package_the_project_installs() -> None:
     copied = set(re.findall(r"^COPY (\S+) \./\S+$", DOCKERFILE.read_text(), re.MULTILINE))
     for pattern in re.findall(r'"([^"]+)\*"', packages.group(1)):
         assert pattern in copied, f"the Dockerfile does not COPY {pattern}"
+
+
+PUBLIC = {"publisher": "8001", "subscriptions": "8002", "dispatcher": "8003"}
+
+
+def test_no_port_is_published_but_the_public_ones(compose: dict[str, Any]) -> None:
+    """The services' own ports to everyone; the rest (the broker, the database, the mail
+    catcher's inbox, the management UI) not at all, or on this host's loopback only (§11)."""
+    for name, spec in compose["services"].items():
+        for published in spec.get("ports", []):
+            mapping = str(published)
+            if name in PUBLIC:
+                assert mapping.rsplit(":", 1)[-1] == PUBLIC[name], (name, mapping)
+            else:
+                assert mapping.startswith("127.0.0.1:"), (name, mapping)
+    broker_ports = [str(p).rsplit(":", 1)[-1] for p in compose["services"]["rabbitmq"]["ports"]]
+    assert "5672" not in broker_ports
+    assert "ports" not in compose["services"]["postgres"]

@@ -247,6 +247,7 @@ def _register_optional() -> None:
         "uanet_cli.users",
         "uanet_cli.subscribers",
         "uanet_cli.webhooks",
+        "uanet_cli.broker",
     ):
         try:
             mod = importlib.import_module(module)
