@@ -10,13 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.subscriptions.data_rights import erase_subscriber
 from services.subscriptions.handlers import SubscriptionHandlers
 from services.subscriptions.letters import MAX_LETTERS_PER_ACTION
 from services.subscriptions.links import Links
-from services.subscriptions.models import KnownAction, Subscriber
+from services.subscriptions.models import KnownAction, PendingLetter, Subscriber
 from shared.events import ActionTargetsChanged, Target
 from shared.messaging import Delivery, Retry
 from tests.subscriptions.conftest import (
@@ -279,3 +280,24 @@ async def test_an_unconfirmed_own_address_is_asked_too(
     assert await outbox(sessionmaker, "letter.requested") == []
     [check] = await outbox(sessionmaker, "dispatch.message")
     assert check["to"] == "ana@example.net"
+
+
+async def test_erasure_forgets_a_waiting_letter_and_its_link_stops_working(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], links: Links
+) -> None:
+    _, path = await seed(sessionmaker, links)
+    asked = await client.post(f"{path}/letter", json={**LETTER, "email": "other@example.com"})
+    [check] = await outbox(sessionmaker, "dispatch.message")
+    link = path_of(check["context"]["confirm_url"])
+    async with sessionmaker() as session:
+        subscriber = (await session.execute(select(Subscriber))).scalar_one()
+
+    async with sessionmaker() as session, session.begin():
+        assert await erase_subscriber(session, subscriber.public_id)
+
+    assert asked.json()["status"] == "confirm_email"
+    async with sessionmaker() as session:
+        assert (await session.execute(select(PendingLetter))).scalars().all() == []
+    assert (await client.get(link)).status_code == 404
+    assert (await client.post(link, json={})).status_code == 404
+    assert await outbox(sessionmaker, "letter.requested") == []
