@@ -194,8 +194,12 @@ class RabbitCluster:
 
     def kill_node(self, node: Node) -> None:
         """SIGKILL of the node's Erlang VM: a machine lost, nothing flushed."""
-        pid = self.os_pid(node)
-        os.kill(pid, signal.SIGKILL)
+        self.kill_pid(self.os_pid(node))
+
+    def kill_pid(self, pid: int, sig: int = signal.SIGKILL) -> None:
+        """A signal to a node's Erlang VM by its process id (os_pid), and wait until it is gone:
+        SIGKILL loses the machine, SIGTERM stops the node cleanly as ``stop`` does."""
+        os.kill(pid, sig)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

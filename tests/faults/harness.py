@@ -218,21 +218,26 @@ class FaultStack:
     def start_dispatcher(self, name: str = "dispatcher") -> None:
         """Start a dispatcher process; a second one (``name`` other than "dispatcher") gets its
         own HTTP port and shares the queues and the database."""
-        if name == "dispatcher":
-            self.stack.start("dispatcher")
+        self.start_replica("dispatcher", name)
+
+    def start_replica(self, service: str, name: str) -> None:
+        """Start a process of ``service``; one named other than the service gets its own HTTP
+        port and shares the queues and the database with the first."""
+        if name == service:
+            self.stack.start(service)
             return
         port = free_port()
         self.stack.ports[name] = port
         env = self.stack.env
-        first = self.stack.processes.pop("dispatcher", None)
-        self.stack.env = {**env, "UANET_DISPATCHER_PORT": str(port)}
+        first = self.stack.processes.pop(service, None)
+        self.stack.env = {**env, f"UANET_{service.upper()}_PORT": str(port)}
         try:
-            self.stack.start("dispatcher")
+            self.stack.start(service)
         finally:
             self.stack.env = env
-            self.stack.processes[name] = self.stack.processes.pop("dispatcher")
+            self.stack.processes[name] = self.stack.processes.pop(service)
             if first is not None:
-                self.stack.processes["dispatcher"] = first
+                self.stack.processes[service] = first
         self.extra.append(name)
 
     async def ready(self, name: str) -> None:
