@@ -89,7 +89,8 @@ class Settings(BaseSettings):
     # The staff console as staff reach it (behind a TLS proxy: https://…): https makes its
     # session cookie Secure and its pages send HSTS.
     console_url: str = "http://localhost:8001"
-    # Messages a second per channel and dispatcher process; 0 means no limit. SMS counts segments.
+    # Messages a second per channel, all dispatchers together (on PostgreSQL: deployment_rate.py);
+    # 0 means no limit. SMS counts segments.
     email_rate: Rate = Decimal("200")
     sms_rate: Rate = Decimal("1")
     # SMTP connections each dispatcher process keeps open and sends on at once (contract §6).

@@ -15,7 +15,7 @@ from rendering.renderer import Renderer
 from services.dispatcher.identity import MessageRef, MessageTags
 from services.dispatcher.schedule import Clock, system_clock
 from services.dispatcher.senders import EmailSender, SmsSender
-from services.dispatcher.throttle import RateLimiter
+from services.dispatcher.throttle import SendRate
 
 # Contract §6 and DESIGN: at most this many messages in doubt after a SIGKILL. At 20 ms from the
 # relay 64 slots still carry about 2,000 messages a second (a send and its commit take ~30 ms).
@@ -31,8 +31,8 @@ class Adapters:
     email: EmailSender
     sms: SmsSender
     renderer: Renderer
-    email_rate: RateLimiter
-    sms_rate: RateLimiter
+    email_rate: SendRate
+    sms_rate: SendRate
     # Wakes the outbox relay after a commit.
     notify: Callable[[], None] = lambda: None
     # Sends in flight per batch (the SMTP pool bounds the whole process): UANET_SMTP_CONCURRENCY.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
@@ -12,6 +13,7 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict
 
 from rendering.renderer import Renderer
+from services.dispatcher.deployment_rate import DeploymentRateLimiter
 from services.dispatcher.feedback.port import BouncePort
 from services.dispatcher.feedback.record import FeedbackRecorder
 from services.dispatcher.feedback.sns import HttpsSnsGateway, SnsGateway
@@ -25,7 +27,7 @@ from services.dispatcher.schedule import Clock, system_clock
 from services.dispatcher.scheduler import Scheduler
 from services.dispatcher.senders import EmailSender, SmsSender, TwilioSmsSender
 from services.dispatcher.smtp_sender import SmtpEmailSender
-from services.dispatcher.throttle import RateLimiter
+from services.dispatcher.throttle import RateLimiter, SendRate
 from shared.events import (
     ActionClosed,
     ActionPublished,
@@ -90,6 +92,14 @@ def subscriptions(
     return found
 
 
+def send_rate(rate: Decimal, channel: str, runtime: ServiceRuntime) -> SendRate:
+    """The deployment's rate on PostgreSQL (any number of dispatchers share it); SQLite is one
+    process, which holds it alone."""
+    if runtime.engine.dialect.name == "postgresql":
+        return DeploymentRateLimiter(rate, channel, runtime.sessionmaker)
+    return RateLimiter(rate)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -119,8 +129,8 @@ def create_app(
             email=email,
             sms=sms,
             renderer=renderer,
-            email_rate=RateLimiter(settings.email_rate),
-            sms_rate=RateLimiter(settings.sms_rate),
+            email_rate=send_rate(settings.email_rate, "email", runtime),
+            sms_rate=send_rate(settings.sms_rate, "sms", runtime),
             notify=runtime.relay.notify,
             # Two sends in flight per SMTP connection: one being answered, the next one's
             # envelope pipelined behind its content (smtp_sender.SmtpEmailSender).

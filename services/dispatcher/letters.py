@@ -56,7 +56,7 @@ from services.dispatcher.models import (
     Outbox,
 )
 from services.dispatcher.senders import EmailSender, SendResult
-from services.dispatcher.throttle import RateLimiter
+from services.dispatcher.throttle import SendRate
 from shared.db import UTCDateTime, outbox_row, utcnow
 from shared.events import LetterRequested, TargetBounced
 from shared.messaging import Delivery as AmqpDelivery
@@ -218,7 +218,7 @@ class LetterDispatcher:
     email: EmailSender
     mail_from: str
     # Shared with the alerts: the process-wide email rate (UANET_EMAIL_RATE).
-    email_rate: RateLimiter
+    email_rate: SendRate
     per_target_per_minute: int
     notify: Callable[[], None] = lambda: None
     clock: Callable[[], datetime] = utcnow

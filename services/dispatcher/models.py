@@ -15,6 +15,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Date,
+    Float,
     Index,
     Integer,
     String,
@@ -200,3 +201,14 @@ class TransactionalDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     receipt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class SendSchedule(Base):
+    """The deployment's send rate per channel (deployment_rate.py): the moment, in the
+    database's clock (Unix seconds), from which the next units may go; every dispatcher books
+    its grants here, so all of them together hold UANET_EMAIL_RATE and UANET_SMS_RATE."""
+
+    __tablename__ = "dispatch_send_schedule"
+
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    free_at: Mapped[float] = mapped_column(Float, nullable=False)

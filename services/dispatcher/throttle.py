@@ -14,6 +14,16 @@ class Clock(Protocol):
     async def sleep(self, seconds: float) -> None: ...
 
 
+class SendRate(Protocol):
+    """A send rate: ``acquire(units)`` returns when those units may go. This process's own
+    (RateLimiter) or the whole deployment's (deployment_rate.DeploymentRateLimiter)."""
+
+    @property
+    def unlimited(self) -> bool: ...
+
+    async def acquire(self, units: int = 1) -> None: ...
+
+
 class SystemClock:
     def monotonic(self) -> float:
         return time.monotonic()

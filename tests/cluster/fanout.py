@@ -28,7 +28,7 @@ DISPATCHERS = ("dispatcher", "dispatcher-2")
 # not happened yet, at most every send in flight (README, "Deploys and crashes").
 IN_DOUBT_BOUND = len(DISPATCHERS) * 2 * SMTP_CONCURRENCY
 BUSIEST = "dispatcher.batches"
-EMAIL_RATE = 50
+EMAIL_RATE = 100
 
 
 @dataclass
