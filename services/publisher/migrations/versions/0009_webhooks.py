@@ -1,7 +1,7 @@
 """outbound webhooks: endpoints, events and their deliveries
 
-Revision ID: 0008_webhooks
-Revises: 0007_staff_sessions
+Revision ID: 0009_webhooks
+Revises: 0008_osdi_outreaches
 Create Date: 2026-12-06 20:00:00
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008_webhooks"
-down_revision: str | None = "0007_staff_sessions"
+revision: str = "0009_webhooks"
+down_revision: str | None = "0008_osdi_outreaches"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
