@@ -8,7 +8,9 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Date,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -292,3 +294,31 @@ class ErasedSubscriber(Base):
 
     subscriber_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     erased_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SignInFailure(Base):
+    """A wrong staff sign-in, kept for the throttle's window when several publisher processes
+    share the database (sign_in_store.py)."""
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = (
+        Index("ix_sign_in_failures_email_at", "email_key", "at"),
+        Index("ix_sign_in_failures_address_at", "address", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    email_key: Mapped[str] = mapped_column(String(320))
+    address: Mapped[str] = mapped_column(String(64))
+    at: Mapped[float] = mapped_column(Float)
+
+
+class SignInPair(Base):
+    """One email from one address: where its failures count from, its lock-out, its turn."""
+
+    __tablename__ = "sign_in_pairs"
+
+    email_key: Mapped[str] = mapped_column(String(320), primary_key=True)
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    counted_from: Mapped[float] = mapped_column(Float, default=0.0)
+    locked_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    turn_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -22,6 +22,7 @@ from services.publisher.console.common import (
     see_other,
 )
 from services.publisher.sessions import SessionSigner, signed_in_user
+from services.publisher.sign_in_store import DatabaseSignInThrottle
 from services.publisher.sign_in_throttle import MemorySignInThrottle
 
 __all__ = ["CONSOLE_HEADERS", "install_console", "router"]
@@ -34,7 +35,13 @@ for _page in (signin, index, compose, action_page, audit_log, webhooks):
 
 def install_console(app: FastAPI) -> None:
     app.state.session_signer = SessionSigner(app.state.settings)
-    app.state.sign_in_throttle = MemorySignInThrottle()
+    # Several publisher processes share one PostgreSQL, and so the counts; SQLite is one process.
+    database = app.state.database
+    app.state.sign_in_throttle = (
+        MemorySignInThrottle()
+        if database.is_sqlite
+        else DatabaseSignInThrottle(database.sessionmaker)
+    )
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
