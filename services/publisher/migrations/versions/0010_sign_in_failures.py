@@ -1,7 +1,7 @@
-"""sign-in throttle counted in the database (several publisher processes); joins the two 0008 heads
+"""sign-in throttle counted in the database (several publisher processes)
 
-Revision ID: 0009_sign_in_failures
-Revises: 0008_osdi_outreaches, 0008_webhooks
+Revision ID: 0010_sign_in_failures
+Revises: 0009_webhooks
 Create Date: 2026-12-06 20:40:00
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0009_sign_in_failures"
-down_revision: str | Sequence[str] | None = ("0008_osdi_outreaches", "0008_webhooks")
+revision: str = "0010_sign_in_failures"
+down_revision: str | None = "0009_webhooks"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
