@@ -203,3 +203,56 @@ def test_no_port_is_published_but_the_public_ones(compose: dict[str, Any]) -> No
     broker_ports = [str(p).rsplit(":", 1)[-1] for p in compose["services"]["rabbitmq"]["ports"]]
     assert "5672" not in broker_ports
     assert "ports" not in compose["services"]["postgres"]
+
+
+NODES = ("rabbitmq", "rabbitmq-2", "rabbitmq-3")
+REPLICAS = {"publisher": "publisher-2", "subscriptions": "subscriptions-2"}
+
+
+def test_the_cluster_profile_has_three_rabbitmq_nodes(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    config = compose["configs"]["rabbitmq-cluster"]["content"]
+    listed = re.findall(r"classic_config\.nodes\.\d+ = rabbit@(\S+)", config)
+    assert tuple(listed) == NODES
+    assert "peer_discovery_backend = classic_config" in config
+    cookies = set()
+    for node in NODES:
+        spec = services[node]
+        assert spec["image"].startswith("rabbitmq:3-management")
+        assert spec["hostname"] == node  # the node is rabbit@<hostname>, as listed
+        assert "healthcheck" in spec
+        assert spec["configs"][0]["target"].startswith("/etc/rabbitmq/conf.d/")
+        volume = spec["volumes"][0].split(":")[0]
+        assert volume in compose["volumes"]
+        env = {k: interpolate(str(v), OPERATOR_ENV) for k, v in spec["environment"].items()}
+        # One Erlang cookie for the servers and their CLI tools, the same on every node.
+        server = env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+        assert server == env["RABBITMQ_CTL_ERL_ARGS"] and server.startswith("-setcookie ")
+        cookies.add(server)
+    assert len(cookies) == 1
+    assert "profiles" not in services["rabbitmq"]  # the single shape keeps its broker
+    assert services["rabbitmq-2"]["profiles"] == services["rabbitmq-3"]["profiles"] == ["cluster"]
+    assert len({services[n]["volumes"][0] for n in NODES}) == 3  # a data folder each
+
+
+@pytest.mark.parametrize("service", [*SERVICES, *REPLICAS.values()])
+def test_every_process_names_every_node(compose: dict[str, Any], service: str) -> None:
+    urls = settings_of(environment(compose, service)).amqp_url.split(",")
+    assert [urlsplit(url).hostname for url in urls] == list(NODES)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_cluster_profile_runs_two_processes_of_each_service(
+    compose: dict[str, Any], service: str
+) -> None:
+    services = compose["services"]
+    if service == "dispatcher":
+        assert services[service]["deploy"]["replicas"] == 2
+        return
+    replica = services[REPLICAS[service]]
+    assert replica["profiles"] == ["cluster"]
+    assert replica["command"] == services[service]["command"]
+    assert "ports" not in replica  # behind the proxy: the public port is published once
+    first, second = environment(compose, service), environment(compose, REPLICAS[service])
+    assert first == second  # the same databases, the same cluster
+    assert replica["depends_on"] == services[service]["depends_on"]
