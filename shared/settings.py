@@ -10,7 +10,9 @@ from datetime import timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Annotated
+from urllib.parse import urlsplit
 
+import phonenumbers
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -109,6 +111,14 @@ class Settings(BaseSettings):
     # disabled.
     webhook_retry_schedule: str = "5s,5m,30m,2h,5h,10h,10h"
     webhook_disable_after: str = "5d"
+    # Countries (ISO codes, comma-separated) whose numbers may sign up for SMS; empty: all.
+    sms_countries: str = ""
+    # Confirmation SMS a clock hour, all dispatchers together (contract §11): a flood of sign-ups
+    # to expensive numbers costs at most this much; the rest wait for the next hour. 0: no limit.
+    confirmation_sms_per_hour: int = Field(100, ge=0)
+    # Other sites (origins, comma-separated) whose pages may post the sign-up form and call
+    # the sign-up API from a browser (CORS); the service's own origin always may.
+    signup_origins: str = ""
     # Bytes of one request body, on every service (at most a few MB, contract §7).
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=16_384, le=8_000_000)
 
@@ -185,6 +195,33 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, v: object) -> object:
         return None if v == "" else v
 
+    @field_validator("sms_countries")
+    @classmethod
+    def _sms_countries(cls, v: str) -> str:
+        codes = [c.strip().upper() for c in v.split(",") if c.strip()]
+        unknown = [c for c in codes if c not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown country code {unknown[0][:8]!r} (ISO codes such as GB,FR)")
+        return ",".join(codes)
+
+    @field_validator("signup_origins")
+    @classmethod
+    def _signup_origins(cls, v: str) -> str:
+        origins = [o.strip() for o in v.split(",") if o.strip()]
+        for origin in origins:
+            if web_origin(origin) != origin.rstrip("/").lower():
+                raise ValueError("each must be an origin such as https://campaign.example.org")
+        return ",".join(web_origin(o) for o in origins)
+
+    @property
+    def sms_country_set(self) -> frozenset[str]:
+        """Empty: every country."""
+        return frozenset(c for c in self.sms_countries.split(",") if c)
+
+    @property
+    def signup_origin_set(self) -> frozenset[str]:
+        return frozenset(o for o in self.signup_origins.split(",") if o)
+
     @property
     def ses_topic_arn_set(self) -> frozenset[str]:
         return frozenset(a.strip() for a in (self.ses_topic_arns or "").split(",") if a.strip())
@@ -214,6 +251,22 @@ class Settings(BaseSettings):
         if self.secret_key is None or not self.secret_key.get_secret_value():
             raise SettingsError("UANET_SECRET_KEY: must be set (signs subscriber links)")
         return self.secret_key.get_secret_value()
+
+
+def web_origin(url: str) -> str:
+    """The origin of a URL as browsers send it (``scheme://host[:port]``, lower case, no default
+    port); empty when it is not an http(s) URL."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return ""
+    try:
+        port = parts.port
+    except ValueError:
+        return ""
+    default = 443 if parts.scheme == "https" else 80
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    suffix = f":{port}" if port is not None and port != default else ""
+    return f"{parts.scheme}://{host}{suffix}"
 
 
 def load_settings(**overrides: object) -> Settings:

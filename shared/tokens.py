@@ -52,6 +52,12 @@ class LinkSigner:
         signature = base64_encode(hmac.new(key, value, hashlib.sha1).digest())
         return (value + b"." + signature).decode("ascii")
 
+    def fingerprint(self, value: str) -> str:
+        """A keyed digest of ``value`` (HMAC-SHA256, hex): a table can count by an address
+        without keeping it, and nobody without the secret can tell whose count it is."""
+        key = hashlib.sha256(f"uanet.fingerprint:{self._secret}".encode()).digest()
+        return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
     def unsign(self, purpose: Purpose, token: str, *, max_age: int = CONFIRM_MAX_AGE) -> Any:
         try:
             if purpose in TIMED:

@@ -120,6 +120,8 @@ API: tuple[ApiRoute, ...] = (
         None,
         {"email": "ana@example.net", "country": "GB", "channels": ["email"]},
     ),
+    # The CORS preflight of the sign-up (contract §11): public like the sign-up.
+    ApiRoute("subscriptions", "OPTIONS", "/api/v1/subscribers", None),
     ApiRoute("subscriptions", "GET", f"/api/v1/subscribers/{SUBSCRIBER}/export", ADMIN),
     ApiRoute("subscriptions", "DELETE", f"/api/v1/subscribers/{SUBSCRIBER}", ADMIN),
     ApiRoute("subscriptions", "GET", "/api/v1/no-such-thing", ADMIN),

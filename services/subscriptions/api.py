@@ -4,6 +4,7 @@ as JSON and its erasure (admin token)."""
 from __future__ import annotations
 
 import logging
+import random
 import uuid
 from typing import Literal
 
@@ -13,6 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 
+from services.subscriptions import confirmations, sms_numbers
 from services.subscriptions.data_rights import erase_subscriber, export_subscriber
 from services.subscriptions.limits import retry_after_header
 from services.subscriptions.models import ConsentSource
@@ -20,7 +22,9 @@ from services.subscriptions.schemas import FieldError, SubscriberCreate
 from services.subscriptions.subscribers import sign_up
 from services.subscriptions.tokens import AdminDep
 from services.subscriptions.web import (
+    N_,
     BadBody,
+    ServiceState,
     StateDep,
     errors_by_field,
     field_error,
@@ -29,7 +33,8 @@ from services.subscriptions.web import (
     read_body,
 )
 from shared.access import CallerFirstRoute
-from shared.web import HTML, error_responses, invalid_body, request_body
+from shared.db import utcnow
+from shared.web import HTML, ErrorBody, error_responses, invalid_body, request_body
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,21 @@ router = APIRouter(route_class=CallerFirstRoute)
 # The same answer whether the address is new or known: a sign-up reveals nothing about who is
 # subscribed.
 ACCEPTED = {"status": "pending", "detail": "check your inbox or phone to confirm"}
+
+
+# One sign-up in this many also clears the confirmation counts whose hour is over.
+FORGET_SHARE = 0.05
+CROSS_SITE_TITLE = N_("This form cannot be sent from here")
+CROSS_SITE_MESSAGE = N_("Please sign up on our own page.")
+
+
+def _check_phone(sign_up: SubscriberCreate, state: ServiceState) -> None:
+    """A number we would not text is refused whatever the channels asked now: the preference
+    centre could turn SMS on later."""
+    if sign_up.phone is not None:
+        refused = sms_numbers.refusal(sign_up.phone, state.settings.sms_country_set)
+        if refused is not None:
+            raise FieldError("phone", refused)
 
 
 class SignUpAccepted(BaseModel):
@@ -59,11 +79,50 @@ class SignUpAccepted(BaseModel):
             "model": SignUpAccepted,
             "content": HTML,
         },
+        403: {
+            "description": "Posted by a browser from another site than ours or a listed "
+            "campaign site (UANET_SIGNUP_ORIGINS)",
+            "model": ErrorBody,
+            "content": HTML,
+        },
         **error_responses(422, 429, html=True),
     },
 )
 async def create_subscriber(request: Request, state: StateDep) -> Response:
     as_json = is_json(request)
+    origins = state.signup_origins
+    if origins.refuses(request.headers, str(request.base_url)):
+        log.info("cross-site sign-up refused")
+        if as_json:
+            return JSONResponse(
+                {"detail": "sign-ups from this site are not accepted"}, status_code=403
+            )
+        return state.error_page(request, 403, CROSS_SITE_TITLE, CROSS_SITE_MESSAGE)
+    response = await _sign_up(request, state, as_json)
+    response.headers.update(origins.cors(request.headers))
+    return response
+
+
+@router.options(
+    "/api/v1/subscribers",
+    status_code=204,
+    response_model=None,
+    tags=["subscribers"],
+    responses={
+        204: {"description": "The CORS preflight of a listed campaign site (or a plain OPTIONS)"},
+        403: {"description": "A preflight from a site that may not sign people up"},
+    },
+)
+async def signup_preflight(request: Request, state: StateDep) -> Response:
+    if "origin" not in request.headers:
+        return Response(status_code=204, headers={"Allow": "POST, OPTIONS"})
+    headers = state.signup_origins.preflight(request.headers)
+    if headers is None:
+        return Response(status_code=403, headers={"Vary": "Origin"})
+    return Response(status_code=204, headers=headers)
+
+
+async def _sign_up(request: Request, state: StateDep, as_json: bool) -> Response:
     try:
         data = await read_body(request)
     except BadBody as exc:
@@ -71,6 +130,7 @@ async def create_subscriber(request: Request, state: StateDep) -> Response:
     try:
         try:
             subscriber_in = parse(SubscriberCreate, data, from_form=not as_json).checked()
+            _check_phone(subscriber_in, state)
         except FieldError as exc:
             raise field_error(exc) from None
     except RequestValidationError as exc:
@@ -105,6 +165,9 @@ async def create_subscriber(request: Request, state: StateDep) -> Response:
     except IntegrityError:
         # Two sign-ups of one address at the same moment: the other one created it.
         log.info("concurrent sign-up of a known address")
+    if random.random() < FORGET_SHARE:
+        async with state.unit_of_work() as session:
+            await confirmations.forget_expired(session, now=utcnow())
     if as_json:
         return JSONResponse(ACCEPTED, status_code=202)
     return state.page(request, "signup_done.html", status=202)

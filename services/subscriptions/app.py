@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from services.subscriptions import api, letter_pages, osdi, pages, webhooks
+from services.subscriptions import api, consent_pages, letter_pages, osdi, pages, webhooks
 from services.subscriptions.handlers import SubscriptionHandlers
 from services.subscriptions.links import Links
 from services.subscriptions.models import Outbox
@@ -98,6 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
         broker_node=lambda: broker_node_of(app),
     )
     app.include_router(api.router)
+    app.include_router(consent_pages.router)
     app.include_router(pages.router)
     app.include_router(letter_pages.router)
     app.include_router(webhooks.router)

@@ -1,14 +1,16 @@
-"""Sign-ups per client address: a sliding window, so a script cannot use the form to flood
-strangers' inboxes or fill the list with junk.
+"""Sign-ups per client: a sliding window, so a script cannot use the form to flood strangers'
+inboxes or fill the list with junk. A client is an IPv4 address or an IPv6 /64 network (one
+host is given a whole /64: counted per address, it could sign up without end).
 
 Kept in the process's memory: each subscriptions process counts on its own (behind N processes an
 address gets up to N times the limit), which is enough to stop a flood without a database write per
-request. The confirmation throttle per subscriber (``subscribers.CONFIRMATIONS_PER_HOUR``) is the
-guard that holds across processes.
+request. The confirmations per mailbox or number (``confirmations``) and the hourly budget of
+confirmation SMS (the dispatcher's ``sms_lane``) are the guards that hold across processes.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections import OrderedDict, deque
@@ -21,6 +23,20 @@ WINDOW_SECONDS = 600.0
 MAX_TRACKED = 50_000
 
 
+def client_key(address: str) -> str:
+    """What counts as one client: an IPv4 address, or the /64 network of an IPv6 address (an
+    IPv4-mapped IPv6 address is its IPv4 address)."""
+    try:
+        ip = ipaddress.ip_address(address.strip().split("%", 1)[0])
+    except ValueError:
+        return address  # not an address (a test transport's "testclient"): itself
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 @dataclass
 class SignupLimiter:
     limit: int = SIGNUPS_PER_WINDOW
@@ -30,7 +46,9 @@ class SignupLimiter:
     _seen: OrderedDict[str, deque[float]] = field(default_factory=OrderedDict)
 
     def take(self, address: str) -> float | None:
-        """Count one sign-up from ``address``; None if allowed, else seconds until it would be."""
+        """Count one sign-up from ``address`` (its client: ``client_key``); None if allowed,
+        else seconds until it would be."""
+        address = client_key(address)
         now = self.clock()
         times = self._seen.get(address)
         if times is None:

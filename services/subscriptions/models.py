@@ -93,6 +93,18 @@ class Subscriber(Base):
         return self.email if channel == "email" else self.phone
 
 
+class ConfirmationAllowance(Base):
+    """Confirmations sent to one mailbox or number in its current hour, however the address was
+    written (``confirmations.mailbox``). ``key`` is a keyed digest, not the address: the row
+    counts without keeping who. In the database, so every process shares the count."""
+
+    __tablename__ = "confirmation_allowances"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    sent: Mapped[int] = mapped_column(Integer)
+
+
 class Consent(Base):
     """The consent record: every time consent was given, confirmed or withdrawn, and how."""
 

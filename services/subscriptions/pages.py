@@ -1,10 +1,9 @@
 """Subscriber pages, each authorized by the signed token in its URL (no cookie, no CSRF token):
-confirm, preferences, unsubscribe (RFC 8058 one-click) and the action page."""
+preferences and the action page (confirm and unsubscribe: ``consent_pages``)."""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -19,7 +18,7 @@ from services.subscriptions import page_docs as docs
 from services.subscriptions.audience import content_language
 from services.subscriptions.models import ActionRecipient, ActionUpdate, KnownAction, Subscriber
 from services.subscriptions.schemas import PreferencesUpdate, ReportCreate
-from services.subscriptions.subscribers import confirm_channel, unsubscribe, update_preferences
+from services.subscriptions.subscribers import update_preferences
 from services.subscriptions.web import (
     N_,
     BadBody,
@@ -50,84 +49,6 @@ _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typograp
 def render_markdown(text: str) -> str:
     html: str = _markdown.render(text or "")
     return html
-
-
-# ---- confirm ----------------------------------------------------------------------------------
-
-
-@router.get("/confirm/{token}", response_class=HTMLResponse, responses=docs.INVALID_LINK)
-async def confirm(token: str, request: Request, state: StateDep) -> HTMLResponse:
-    try:
-        ref = state.links.read_confirm(token)
-    except InvalidToken:
-        return state.invalid_link(request)
-    async with state.unit_of_work() as session:
-        outcome = await confirm_channel(session=session, ref=ref, origin=state.origin(request))
-    if outcome == "unknown":
-        return state.invalid_link(request)
-    async with state.sessionmaker() as session:
-        subscriber = await store.subscriber_by_public_id(session, ref.subscriber)
-    return state.page(
-        request,
-        "confirm.html",
-        {"outcome": outcome, "preferences_url": state.links.preferences(ref.subscriber)},
-        language=subscriber.language if subscriber is not None else None,
-    )
-
-
-# ---- unsubscribe ------------------------------------------------------------------------------
-
-
-@router.get("/unsubscribe/{token}", response_class=HTMLResponse, responses=docs.INVALID_LINK)
-async def unsubscribe_page(token: str, request: Request, state: StateDep) -> HTMLResponse:
-    # Showing the page changes nothing: mail scanners follow links.
-    try:
-        ref = state.links.read_unsubscribe(token)
-    except InvalidToken:
-        return state.invalid_link(request)
-    async with state.sessionmaker() as session:
-        subscriber = await store.subscriber_by_public_id(session, ref.subscriber)
-    if subscriber is None:
-        return state.invalid_link(request)
-    return state.page(
-        request,
-        "unsubscribe.html",
-        {
-            "done": subscriber.channel_status(ref.channel) == "unsubscribed",
-            "channel": ref.channel,
-            "action_url": f"/unsubscribe/{token}",
-            "preferences_url": state.links.preferences(subscriber.public_id),
-        },
-        language=subscriber.language,
-    )
-
-
-@router.post("/unsubscribe/{token}", response_class=HTMLResponse, responses=docs.INVALID_LINK)
-async def unsubscribe_now(token: str, request: Request, state: StateDep) -> HTMLResponse:
-    """RFC 8058 one-click: takes effect at once, whatever the body (``List-Unsubscribe=One-Click``
-    from a mail client, or the page's button)."""
-    try:
-        ref = state.links.read_unsubscribe(token)
-    except InvalidToken:
-        return state.invalid_link(request)
-    origin = state.origin(request)
-    if b"List-Unsubscribe=One-Click" in await request.body():
-        # A mail client's one-click button, not our page's: a CRM hears which.
-        origin = replace(origin, reason="one_click")
-    async with state.unit_of_work() as session:
-        subscriber = await store.subscriber_by_public_id(session, ref.subscriber, for_update=True)
-        if subscriber is not None:
-            await unsubscribe(
-                session=session, subscriber=subscriber, channel=ref.channel, origin=origin
-            )
-    if subscriber is None:
-        return state.invalid_link(request)
-    return state.page(
-        request,
-        "unsubscribe.html",
-        {"done": True, "channel": ref.channel},
-        language=subscriber.language,
-    )
 
 
 # ---- preferences ------------------------------------------------------------------------------

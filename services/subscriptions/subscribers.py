@@ -9,12 +9,11 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.subscriptions import store
+from services.subscriptions import confirmations, store
 from services.subscriptions.links import ChannelRef, Links
 from services.subscriptions.models import (
     CONFIRMED,
@@ -38,9 +37,6 @@ from shared.events import Channel, TransactionalMessage, UnsubscribeReason
 log = logging.getLogger(__name__)
 
 CHANNELS: tuple[Channel, ...] = ("email", "sms")
-# At most this many confirmation messages per subscriber and hour: a sign-up form must not be a
-# way to flood someone's inbox or phone.
-CONFIRMATIONS_PER_HOUR = 3
 
 
 @dataclass(frozen=True)
@@ -67,17 +63,6 @@ def record_consent(
             reason=origin.reason,
         )
     )
-
-
-def _take_confirmation_allowance(subscriber: Subscriber, now: datetime) -> bool:
-    start = subscriber.confirmations_window_start
-    if start is None or now - start >= timedelta(hours=1):
-        subscriber.confirmations_window_start = now
-        subscriber.confirmations_in_window = 0
-    if subscriber.confirmations_in_window >= CONFIRMATIONS_PER_HOUR:
-        return False
-    subscriber.confirmations_in_window += 1
-    return True
 
 
 def may_ask_to_confirm(channel: Channel, suppression_reason: str | None) -> bool:
@@ -120,14 +105,16 @@ async def request_confirmation(
     session: AsyncSession, links: Links, subscriber: Subscriber, channel: Channel
 ) -> bool:
     """Ask the dispatcher to send the confirmation for one channel; False if it was not sent
-    (too many lately, or the address must not be contacted)."""
+    (too many to this mailbox or number lately, or the address must not be contacted): a
+    sign-up form must not be a way to flood someone's inbox or phone."""
     address = subscriber.address(channel)
     if address is None:
         return False
     suppression = await store.suppression_of(session, address)
     if not may_ask_to_confirm(channel, suppression.reason if suppression else None):
         return False
-    if not _take_confirmation_allowance(subscriber, utcnow()):
+    if not await confirmations.take(session, links.signer, address, now=utcnow()):
+        log.info("confirmation not sent: too many to this mailbox lately")
         return False
     message = confirmation_message(
         links,
@@ -174,7 +161,6 @@ async def sign_up(
         frequency=sign_up.frequency,
         email_status=PENDING if "email" in wanted else None,
         sms_status=PENDING if "sms" in wanted else None,
-        confirmations_in_window=0,
     )
     session.add(subscriber)
     await session.flush()

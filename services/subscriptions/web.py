@@ -23,6 +23,7 @@ from services.subscriptions.limits import SignupLimiter
 from services.subscriptions.links import Links
 from services.subscriptions.models import ConsentSource
 from services.subscriptions.schemas import TEXT_INPUT, FieldError
+from services.subscriptions.signup_origin import SignupOrigins
 from services.subscriptions.subscribers import Origin
 from shared.i18n import Translations, text_direction
 from shared.settings import Settings
@@ -127,6 +128,10 @@ class ServiceState:
     renderer: Renderer
     notify: Callable[[], None]  # wakes the outbox relay
     signups: SignupLimiter = field(default_factory=SignupLimiter)
+    signup_origins: SignupOrigins = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.signup_origins = SignupOrigins.from_settings(self.settings)
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[AsyncSession]:

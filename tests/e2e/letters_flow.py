@@ -58,7 +58,7 @@ async def publish_to_a_subscriber(client: httpx.AsyncClient, stack: Stack) -> Pu
     [confirmation] = await eventually(lambda: stack.smtp.to(SUBSCRIBER), what="confirmation")
     confirm = re.search(r"https?://\S+/confirm/\S+", confirmation.part("plain"))
     assert confirm
-    assert (await client.get(confirm.group(0))).status_code == 200
+    assert (await client.post(confirm.group(0))).status_code == 200
 
     staff = {"Authorization": f"Bearer {stack.token('staff', 'letters-staff')}"}
     created = await client.post(

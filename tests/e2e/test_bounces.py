@@ -164,7 +164,7 @@ async def sign_up_everyone(client: httpx.AsyncClient, stack: Stack) -> None:
         [mail] = await eventually(lambda a=address: stack.smtp.to(a), what="a confirmation")
         confirm = re.search(r"https?://\S+/confirm/\S+", mail.part("plain"))
         assert confirm
-        assert (await client.get(confirm.group(0))).status_code == 200
+        assert (await client.post(confirm.group(0))).status_code == 200
 
 
 async def publish(client: httpx.AsyncClient, stack: Stack, staff: str, title: str) -> str:

@@ -111,6 +111,9 @@ async def confirm_by_email(client: httpx.AsyncClient, stack: Stack, address: str
     confirm = link(mail.part("plain"), "/confirm/")
     page = await client.get(confirm)
     assert page.status_code == 200
+    assert "<button" in page.text  # the link shows a button; its POST confirms
+    confirmed = await client.post(confirm)
+    assert confirmed.status_code == 200
     return mail.header("List-Unsubscribe").strip("<>")
 
 

@@ -11,11 +11,14 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.subscriptions.app import create_app
+from services.subscriptions.confirmations import PER_HOUR as CONFIRMATIONS_PER_HOUR
 from services.subscriptions.letters import MAX_LETTERS_PER_ACTION
 from services.subscriptions.links import Links
 from services.subscriptions.responses import MAX_ACTIONS_PER_PERSON
-from services.subscriptions.subscribers import CONFIRMATIONS_PER_HOUR
+from shared.settings import Settings
 from tests.subscriptions.conftest import (
+    PUBLIC_URL,
     action_published,
     add_recipient,
     add_subscriber,
@@ -97,3 +100,25 @@ async def test_concurrent_sign_ups_send_at_most_the_confirmation_cap(
     assert {a.status_code for a in answers} == {202}
     sent = await outbox(sessionmaker, "dispatch.message")
     assert len([m for m in sent if m["template"] == "confirm_email"]) == CONFIRMATIONS_PER_HOUR
+
+
+async def test_spellings_of_one_mailbox_racing_through_two_processes_get_the_cap(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    """Two app instances on one database (each with its own connection pool, as two processes
+    would be), each sign-up a new subscriber: only the mailbox's row keeps the count."""
+    second = create_app(settings)
+    async with second.router.lifespan_context(second):
+        transport = httpx.ASGITransport(app=second)
+        async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as other:
+            callers = (client, other)
+            answers = await race(
+                lambda n: callers[n % 2].post(
+                    "/api/v1/subscribers",
+                    json={"email": f"victim+{n}@gmail.com", "country": "GB"},
+                    headers={"X-Forwarded-For": f"198.51.100.{n}"},
+                )
+            )
+    assert {a.status_code for a in answers} == {202}
+    sent = await outbox(sessionmaker, "dispatch.message")
+    assert len(sent) == CONFIRMATIONS_PER_HOUR

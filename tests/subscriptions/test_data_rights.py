@@ -84,7 +84,7 @@ async def signed_up_and_active(
     assert response.status_code == 202
     async with sessionmaker() as session:
         subscriber = (await session.execute(select(Subscriber))).scalar_one()
-    confirmed = await client.get(path_of(links.confirm(subscriber.public_id)))
+    confirmed = await client.post(path_of(links.confirm(subscriber.public_id)))
     assert confirmed.status_code == 200
     async with sessionmaker() as session, session.begin():
         subscriber = (await session.execute(select(Subscriber))).scalar_one()

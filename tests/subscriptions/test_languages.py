@@ -137,7 +137,10 @@ async def test_pages_of_a_subscriber_follow_their_language(
 
     [message] = await outbox(sessionmaker, "dispatch.message")
     assert message["language"] == "ar"
-    confirmed = await client.get(path_of(message["context"]["confirm_url"]))
+    asked = await client.get(path_of(message["context"]["confirm_url"]))
+    assert '<html lang="ar" dir="rtl">' in asked.text
+    assert "نعم، أرسلوا إليّ تنبيهات التحركات العاجلة" in asked.text
+    confirmed = await client.post(path_of(message["context"]["confirm_url"]))
     assert '<html lang="ar" dir="rtl">' in confirmed.text
     assert "شكرًا، تم تأكيد اشتراكك" in confirmed.text
     unsubscribe = await client.get(path_of(message["unsubscribe_url"]))

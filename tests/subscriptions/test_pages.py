@@ -38,24 +38,52 @@ def tamper(token: str) -> str:
     return token[:-2] + ("AA" if not token.endswith("AA") else "BB")
 
 
-async def test_confirm_link_confirms_the_email_channel(
+async def test_the_confirm_link_shows_a_button_and_only_its_post_confirms(
     client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     await signed_up(client, sessionmaker)
     [email] = [m for m in await outbox(sessionmaker, "dispatch.message") if m["channel"] == "email"]
     confirm = path_of(email["context"]["confirm_url"])
 
-    response = await client.get(confirm)
+    # What a mail scanner or a link preview does: follow the link, several times.
+    for _ in range(3):
+        page = await client.get(confirm)
+        assert page.status_code == 200
+        assert f'<form method="post" action="{confirm}">' in page.text
+        assert "<button" in page.text
+    assert (await reload(sessionmaker)).email_status == "pending"
+    assert ("email", "confirmed", "page") not in await consents(sessionmaker)
+
+    response = await client.post(confirm)
 
     assert response.status_code == 200
     assert "you are confirmed" in response.text
     subscriber = await reload(sessionmaker)
     assert (subscriber.email_status, subscriber.sms_status) == ("confirmed", "pending")
     assert ("email", "confirmed", "page") in await consents(sessionmaker)
-    again = await client.get(confirm)
-    assert again.status_code == 200
-    assert "already confirmed" in again.text
+    for again in (await client.post(confirm), await client.get(confirm)):
+        assert again.status_code == 200
+        assert "already confirmed" in again.text
     assert (await consents(sessionmaker)).count(("email", "confirmed", "page")) == 1
+
+
+async def test_a_complaint_is_lifted_by_the_persons_button_not_by_following_the_link(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], links: Links
+) -> None:
+    subscriber = await signed_up(client, sessionmaker)
+    async with sessionmaker() as session, session.begin():
+        session.add(Suppression(channel="email", address="ana@example.net", reason="complaint"))
+    confirm = path_of(links.confirm(subscriber.public_id))
+
+    await client.get(confirm)
+    async with sessionmaker() as session:
+        kept = (await session.execute(select(Suppression.reason))).scalars().all()
+    assert kept == ["complaint"]
+
+    await client.post(confirm)
+    async with sessionmaker() as session:
+        assert (await session.execute(select(Suppression))).first() is None
+    assert (await reload(sessionmaker)).email_status == "confirmed"
 
 
 async def test_bad_links_get_a_4xx_page_never_a_500(
@@ -94,8 +122,8 @@ async def test_bad_links_get_a_4xx_page_never_a_500(
             ("GET", path_of(forged[purpose])),
             ("GET", f"/{purpose}/{other_purpose.rsplit('/', 1)[1]}"),
         ]
-        if purpose != "confirm":
-            requests += [("POST", f"/{purpose}/{tamper(token)}")]
+        requests += [("POST", f"/{purpose}/{tamper(token)}")]
+        requests += [("POST", path_of(forged[purpose]))]
     for token in odd_tokens:
         requests += [("GET", f"/unsubscribe/{token}"), ("POST", f"/unsubscribe/{token}")]
         requests += [("GET", f"/preferences/{token}"), ("POST", f"/preferences/{token}")]
@@ -137,8 +165,9 @@ async def test_one_click_unsubscribe(
     assert [(s.address, s.reason) for s in suppressions] == [("ana@example.net", "unsubscribed")]
 
     # The old confirmation link does not sign them up again.
-    confirm = await client.get(path_of(links.confirm(subscriber.public_id)))
+    confirm = await client.post(path_of(links.confirm(subscriber.public_id)))
     assert confirm.status_code == 200
+    assert "can no longer be used" in confirm.text
     assert (await reload(sessionmaker)).email_status == "unsubscribed"
 
 
@@ -154,7 +183,7 @@ async def test_signing_up_again_after_unsubscribing_needs_a_new_confirmation(
     assert response.status_code == 202
     assert (await reload(sessionmaker)).email_status == "pending"
     assert len(await outbox(sessionmaker, "dispatch.message")) == before + 1
-    await client.get(path_of(links.confirm(subscriber.public_id)))
+    await client.post(path_of(links.confirm(subscriber.public_id)))
     assert (await reload(sessionmaker)).email_status == "confirmed"
     async with sessionmaker() as session:
         assert (await session.execute(select(Suppression))).first() is None

@@ -155,7 +155,7 @@ async def test_known_confirmed_address_gets_no_new_confirmation(
     await client.post("/api/v1/subscribers", json={**ANA, "channels": ["email"]})
     [message] = await outbox(sessionmaker, "dispatch.message")
     confirm_path = message["context"]["confirm_url"].removeprefix(PUBLIC_URL)
-    assert (await client.get(confirm_path)).status_code == 200
+    assert (await client.post(confirm_path)).status_code == 200
 
     response = await client.post("/api/v1/subscribers", json={**ANA, "channels": ["email"]})
 
