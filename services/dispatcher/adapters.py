@@ -15,6 +15,7 @@ from rendering.renderer import Renderer
 from services.dispatcher.identity import MessageRef, MessageTags
 from services.dispatcher.schedule import Clock, system_clock
 from services.dispatcher.senders import EmailSender, SmsSender
+from services.dispatcher.sms_lane import SmsLane
 from services.dispatcher.throttle import SendRate
 
 # Contract §6 and DESIGN: at most this many messages in doubt after a SIGKILL. At 20 ms from the
@@ -41,6 +42,8 @@ class Adapters:
     clock: Clock = system_clock
     # Message-IDs and VERP senders (the app passes the secret and UANET_BOUNCE_ADDRESS).
     tags: MessageTags | None = None
+    # UANET_CONFIRMATION_SMS_PER_HOUR, all dispatchers together; 0: no budget.
+    confirmation_sms_per_hour: int = 0
 
     # Set on SIGTERM: no new batch, no new send; what is in flight finishes and is recorded.
     stopping: bool = field(default=False, init=False)
@@ -50,7 +53,11 @@ class Adapters:
         default_factory=lambda: asyncio.Semaphore(IN_DOUBT_LIMIT), init=False
     )
 
+    # Alert SMS before confirmations, on the SMS rate (``sms_lane``).
+    sms_lane: SmsLane = field(init=False)
+
     def __post_init__(self) -> None:
+        self.sms_lane = SmsLane(self.sms_rate)
         if self.tags is None:
             self.tags = MessageTags(None, domain=self.renderer.message_id_domain)
 

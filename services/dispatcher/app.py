@@ -137,6 +137,7 @@ def create_app(
             concurrency=2 * settings.smtp_concurrency,
             clock=clock,
             tags=tags,
+            confirmation_sms_per_hour=settings.confirmation_sms_per_hour,
         )
         # Releases held SMS and daily digests when due (quiet hours, 09:00 local).
         scheduler = Scheduler(dispatcher)

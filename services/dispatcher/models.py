@@ -212,3 +212,13 @@ class SendSchedule(Base):
 
     channel: Mapped[str] = mapped_column(String(16), primary_key=True)
     free_at: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class ConfirmationSmsHour(Base):
+    """Confirmation SMS sent in one clock hour (UTC), all dispatchers together: the budget of
+    ``UANET_CONFIRMATION_SMS_PER_HOUR`` is taken from this row (``sms_lane``)."""
+
+    __tablename__ = "confirmation_sms_hours"
+
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    sent: Mapped[int] = mapped_column(Integer)

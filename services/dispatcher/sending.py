@@ -265,7 +265,7 @@ async def _send_one(
             context.follow_up, recipient.language, recipient.act_url
         )
     segments = segment_count(body)
-    await dispatcher.sms_rate.acquire(segments)
+    await dispatcher.sms_lane.alert(segments)
     if dispatcher.stopping:
         raise _Stopped
     return SendOutcome(recipient, await dispatcher.sms.send(recipient.address, body), segments)

@@ -21,6 +21,11 @@ from services.dispatcher.models import (
     Outbox,
     TransactionalDelivery,
 )
+from services.dispatcher.sms_lane import (
+    BUDGET_SPENT_DELAY,
+    LANE_BUSY_DELAY,
+    take_confirmation_budget,
+)
 from shared.db import outbox_row, utcnow
 from shared.events import Channel, RecipientSuppressed, TransactionalMessage
 from shared.messaging import Delivery as AmqpDelivery
@@ -61,6 +66,15 @@ async def handle_transactional(
             ):
                 raise Retry("being sent by another handling")
             if row is None:
+                # Counted once per message, when first claimed (a retry is not a new one).
+                if message.template == "confirm_sms" and not await take_confirmation_budget(
+                    session, now=now, per_hour=dispatcher.confirmation_sms_per_hour
+                ):
+                    raise Retry(
+                        "the confirmation SMS budget of this hour is spent",
+                        delay=BUDGET_SPENT_DELAY,
+                        defer=True,
+                    )
                 session.add(
                     TransactionalDelivery(
                         message_id=key,
@@ -85,7 +99,14 @@ async def handle_transactional(
         result = await dispatcher.email.send(dispatcher.envelope_for(ref), message.to, rendered)
     else:
         assert isinstance(rendered, str)
-        await dispatcher.sms_rate.acquire(segment_count(rendered))
+        # Alerts first: a confirmation or an answer takes only a slot no alert wants.
+        if not await dispatcher.sms_lane.confirmation(segment_count(rendered)):
+            async with dispatcher.sessionmaker() as session, session.begin():
+                row = await session.get(TransactionalDelivery, key)
+                assert row is not None
+                row.status = RETRY
+                row.updated_at = utcnow()
+            raise Retry("alert SMS going out first", delay=LANE_BUSY_DELAY, defer=True)
         result = await dispatcher.sms.send(message.to, rendered)
     async with dispatcher.sessionmaker() as session, session.begin():
         row = await session.get(TransactionalDelivery, key)
