@@ -106,6 +106,13 @@ def _empty_to_none(value: Any) -> Any:
     return value
 
 
+def _name(value: str) -> str:
+    # One line, and storable: PostgreSQL refuses a NUL in text (a 500 otherwise).
+    if any(ch in value for ch in "\r\n\x00"):
+        raise ValueError("must be on one line")
+    return value
+
+
 def _language(value: str) -> str:
     value = value.lower()
     if not LANGUAGE_CODE.match(value):
@@ -175,6 +182,11 @@ class SubscriberCreate(BaseModel):
     def _language(cls, value: str) -> str:
         return _language(value)
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _name(value)
+
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, value: str | None) -> str | None:
@@ -231,6 +243,11 @@ class PreferencesUpdate(BaseModel):
     @classmethod
     def _language(cls, value: str | None) -> str | None:
         return None if value is None else _language(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return None if value is None else _name(value)
 
     @field_validator("timezone")
     @classmethod

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from services.subscriptions.app import create_app
 from services.subscriptions.confirmations import mailbox
 from services.subscriptions.limits import client_key
-from tests.subscriptions.conftest import PUBLIC_URL, outbox, service_settings
+from tests.subscriptions.conftest import PUBLIC_URL, outbox, path_of, service_settings
 
 CAMPAIGN = "https://campaign.example.org"
 
@@ -201,3 +201,22 @@ async def test_seven_spellings_of_one_gmail_mailbox_bring_three_confirmations(
     # Another mailbox is not held up by it.
     await client.post("/api/v1/subscribers", json={"email": "victim2@gmail.com", "country": "GB"})
     assert len(await outbox(app.state.subscriptions.sessionmaker, "dispatch.message")) == 4
+
+
+async def test_a_name_with_a_nul_is_refused_naming_it_not_a_500(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """PostgreSQL cannot store a NUL in text: found by schemathesis on the preferences."""
+    body = {"email": "nul@example.org", "country": "GB", "name": "A\x00B"}
+    response = await client.post("/api/v1/subscribers", json=body)
+    assert response.status_code == 422
+    assert [e["field"] for e in response.json()["errors"]] == ["name"]
+    assert (
+        await client.post("/api/v1/subscribers", json={**body, "name": "AB"})
+    ).status_code == 202
+    [message] = await outbox(app.state.subscriptions.sessionmaker, "dispatch.message")
+    links = app.state.subscriptions.links
+    token = message["unsubscribe_url"].rsplit("/", 1)[1]
+    preferences = path_of(links.preferences(links.read_unsubscribe(token).subscriber))
+    saved = await client.post(preferences, json={"name": "\x00R"})
+    assert saved.status_code == 422
