@@ -176,7 +176,7 @@ async def test_the_filter_returns_only_what_changed(
         ),
         Delivery(queue="subscriptions.suppressions", routing_key="recipient.suppressed", attempt=1),
     )
-    confirmed = await client.get(path_of(links.confirm(people["confirmer"].public_id, "sms")))
+    confirmed = await client.post(path_of(links.confirm(people["confirmer"].public_id, "sms")))
     assert confirmed.status_code == 200, confirmed.text
 
     changed = await _people(client, filter=f"modified_date gt '{stamp(since)}'")
