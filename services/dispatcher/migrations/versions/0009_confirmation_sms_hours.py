@@ -1,7 +1,7 @@
 """the hourly budget of confirmation SMS, counted for all dispatchers together
 
-Revision ID: 0008_confirmation_sms_hours
-Revises: 0007_feedback_unmatched
+Revision ID: 0009_confirmation_sms_hours
+Revises: 0008_send_schedule
 Create Date: 2026-12-06 20:00:00
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008_confirmation_sms_hours"
-down_revision: str | None = "0007_feedback_unmatched"
+revision: str = "0009_confirmation_sms_hours"
+down_revision: str | None = "0008_send_schedule"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
