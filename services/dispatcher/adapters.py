@@ -15,7 +15,7 @@ from rendering.renderer import Renderer
 from services.dispatcher.identity import MessageRef, MessageTags
 from services.dispatcher.schedule import Clock, system_clock
 from services.dispatcher.senders import EmailSender, SmsSender
-from services.dispatcher.sms_lane import SmsLane
+from services.dispatcher.sms_lane import SharedAlertMark, SmsLane
 from services.dispatcher.throttle import SendRate
 
 # Contract §6 and DESIGN: at most this many messages in doubt after a SIGKILL. At 20 ms from the
@@ -44,6 +44,8 @@ class Adapters:
     tags: MessageTags | None = None
     # UANET_CONFIRMATION_SMS_PER_HOUR, all dispatchers together; 0: no budget.
     confirmation_sms_per_hour: int = 0
+    # Several dispatchers (PostgreSQL): the mark that puts every one's alerts first.
+    shared_alert_mark: SharedAlertMark | None = None
 
     # Set on SIGTERM: no new batch, no new send; what is in flight finishes and is recorded.
     stopping: bool = field(default=False, init=False)
@@ -57,7 +59,7 @@ class Adapters:
     sms_lane: SmsLane = field(init=False)
 
     def __post_init__(self) -> None:
-        self.sms_lane = SmsLane(self.sms_rate)
+        self.sms_lane = SmsLane(self.sms_rate, shared=self.shared_alert_mark)
         if self.tags is None:
             self.tags = MessageTags(None, domain=self.renderer.message_id_domain)
 

@@ -26,6 +26,7 @@ from services.dispatcher.reporting import REPORT_INTERVAL, DeliveryReportCompact
 from services.dispatcher.schedule import Clock, system_clock
 from services.dispatcher.scheduler import Scheduler
 from services.dispatcher.senders import EmailSender, SmsSender, TwilioSmsSender
+from services.dispatcher.sms_lane import SharedAlertMark
 from services.dispatcher.smtp_sender import SmtpEmailSender
 from services.dispatcher.throttle import RateLimiter, SendRate
 from shared.events import (
@@ -138,6 +139,11 @@ def create_app(
             clock=clock,
             tags=tags,
             confirmation_sms_per_hour=settings.confirmation_sms_per_hour,
+            shared_alert_mark=(
+                SharedAlertMark(runtime.sessionmaker)
+                if runtime.engine.dialect.name == "postgresql"
+                else None
+            ),
         )
         # Releases held SMS and daily digests when due (quiet hours, 09:00 local).
         scheduler = Scheduler(dispatcher)

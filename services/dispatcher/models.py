@@ -222,3 +222,13 @@ class ConfirmationSmsHour(Base):
 
     hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     sent: Mapped[int] = mapped_column(Integer)
+
+
+class SmsAlertMark(Base):
+    """Until when (the database's clock, Unix seconds) some dispatcher has alert SMS going:
+    confirmations in every dispatcher wait until then (``sms_lane.SharedAlertMark``)."""
+
+    __tablename__ = "sms_alert_marks"
+
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    until: Mapped[float] = mapped_column(Float, nullable=False)

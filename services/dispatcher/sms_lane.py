@@ -6,8 +6,10 @@ follow-ups, and held SMS) ask the rate for their slot as soon as they are ready,
 confirmation (or another answer to a number) asks only when no alert is waiting for one, nor has
 been for ``GRACE`` seconds (the batches of one fan-out come back to back), and only one
 confirmation at a time. So confirmations never queue on the rate ahead of alerts: an alert waits
-at most for the one confirmation already on its way. The lane sees this process's alerts; with
-several dispatchers sharing the deployment's rate, each puts its own alerts first.
+at most for the one confirmation already on its way. With several dispatchers sharing the
+deployment's rate (PostgreSQL), a dispatcher with alerts going also marks it in the database
+(``SharedAlertMark``, a write a second at most), and confirmations in every dispatcher wait for
+that mark too.
 
 Confirmation SMS cost money and are what SMS pumping is after: at most
 ``UANET_CONFIRMATION_SMS_PER_HOUR`` go out a clock hour, counted in the database for all
@@ -18,16 +20,20 @@ queue for the next hour; none is dropped.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
 
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.dispatcher.models import ConfirmationSmsHour
+from services.dispatcher.models import ConfirmationSmsHour, SmsAlertMark
 from services.dispatcher.throttle import SendRate
+
+log = logging.getLogger(__name__)
 
 # After the last alert SMS took its slot, confirmations keep waiting this long: the next batch of
 # the same fan-out is usually already on its way.
@@ -42,6 +48,64 @@ LANE_BUSY_DELAY = 30
 BUDGET_SPENT_DELAY = 600
 
 
+class SharedAlertMark:
+    """The deployment's "alert SMS are going" (PostgreSQL): one row, until when in the
+    database's clock, so the machines' clocks need not agree."""
+
+    NAME = "sms"
+
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], *, hold: float = GRACE
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self.hold = hold
+        self._marked_at = float("-inf")
+        self._checked_at = float("-inf")
+        self._busy = False
+        self._reading = asyncio.Lock()
+        self._marking = asyncio.Lock()
+
+    async def mark(self) -> None:
+        """Alerts are going from here (written at most once per ``hold / 2`` seconds; the
+        alerts that come while it is being written wait for it, so none goes unmarked)."""
+        if time.monotonic() - self._marked_at < self.hold / 2:
+            return
+        async with self._marking:
+            started = time.monotonic()
+            if started - self._marked_at < self.hold / 2:
+                return
+            until = func.extract("epoch", func.clock_timestamp()) + self.hold
+            statement = (
+                pg_insert(SmsAlertMark)
+                .values(name=self.NAME, until=until)
+                .on_conflict_do_update(index_elements=[SmsAlertMark.name], set_={"until": until})
+            )
+            try:
+                async with self._sessionmaker() as session, session.begin():
+                    await session.execute(statement)
+            except Exception:  # noqa: BLE001 - alerts never wait on this; the next try writes it
+                log.warning("could not mark alert SMS going", exc_info=True)
+                return
+            self._marked_at = started
+
+    async def busy(self) -> bool:
+        """Whether some dispatcher has alerts going (read at most every ``POLL * 3`` s; the
+        confirmations asking meanwhile share one read)."""
+        async with self._reading:
+            if time.monotonic() - self._checked_at < POLL * 3:
+                return self._busy
+            now = func.extract("epoch", func.clock_timestamp())
+            query = select(SmsAlertMark.until > now).where(SmsAlertMark.name == self.NAME)
+            try:
+                async with self._sessionmaker() as session:
+                    self._busy = bool(await session.scalar(query))
+            except Exception:  # noqa: BLE001 - unknown: the process's own lane still holds
+                log.warning("could not read the alert SMS mark", exc_info=True)
+                self._busy = False
+            self._checked_at = time.monotonic()
+            return self._busy
+
+
 class SmsLane:
     """One per dispatcher process, in front of its SMS rate (this process's or the
     deployment's)."""
@@ -53,8 +117,10 @@ class SmsLane:
         grace: float = GRACE,
         patience: float = PATIENCE,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedAlertMark | None = None,
     ) -> None:
         self.rate = rate
+        self.shared = shared
         self.grace = grace
         self.patience = patience
         self._clock = clock
@@ -67,7 +133,11 @@ class SmsLane:
         """An alert SMS's slot: booked at once, ahead of every confirmation still waiting."""
         self._alerts_waiting += 1
         try:
+            if self.shared is not None:
+                await self.shared.mark()
             await self.rate.acquire(segments)
+            if self.shared is not None:
+                await self.shared.mark()  # still going: the ones behind it keep the mark up
         finally:
             self._alerts_waiting -= 1
             self._last_alert = self._clock()
@@ -85,6 +155,10 @@ class SmsLane:
         deadline = self._clock() + self.patience
         while True:
             hold = self._hold()
+            if hold <= 0 and self.shared is not None:
+                # Another dispatcher's alerts; then this one's again (they may have come, or
+                # another confirmation taken its turn, while the mark was read).
+                hold = POLL if await self.shared.busy() else self._hold()
             if hold <= 0:
                 self._confirming = True
                 try:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 
@@ -13,12 +14,17 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.dispatcher.models import RETRY, SENT, ConfirmationSmsHour, TransactionalDelivery
-from services.dispatcher.sms_lane import BUDGET_SPENT_DELAY, LANE_BUSY_DELAY, SmsLane
+from services.dispatcher.sms_lane import (
+    BUDGET_SPENT_DELAY,
+    LANE_BUSY_DELAY,
+    SharedAlertMark,
+    SmsLane,
+)
 from services.dispatcher.throttle import RateLimiter
 from shared.events import TransactionalMessage
 from shared.messaging import Delivery, Retry
 
-from .conftest import FakeSmsSender, make_dispatcher
+from .conftest import FakeSmsSender, make_dispatcher, migrated
 
 Maker = async_sessionmaker[AsyncSession]
 AMQP_DELIVERY = Delivery(queue="dispatcher.messages", routing_key="dispatch.message", attempt=0)
@@ -131,3 +137,40 @@ async def test_a_confirmation_held_back_by_an_alert_goes_later_and_counts_once(
         row = await session.get(TransactionalDelivery, str(message.message_id))
         assert row is not None and row.status == SENT
         assert (await session.execute(select(ConfirmationSmsHour.sent))).scalar_one() == 1
+
+
+async def test_confirmations_in_another_dispatcher_wait_for_its_alerts(
+    pg_database: Callable[[], str],
+) -> None:
+    """Two dispatchers on one PostgreSQL database: the one with no alert of its own still lets
+    the other's alerts go first (the shared mark), each with its own rate here so that only the
+    mark can hold the confirmations back."""
+    sessionmaker = await migrated(pg_database())
+    try:
+        alerting = SmsLane(
+            RateLimiter(Decimal(100)), grace=0.3, shared=SharedAlertMark(sessionmaker, hold=0.5)
+        )
+        confirming = SmsLane(
+            RateLimiter(Decimal(100)), grace=0.3, shared=SharedAlertMark(sessionmaker, hold=0.5)
+        )
+        order: list[str] = []
+        first_alert = asyncio.Event()
+
+        async def alert_worker() -> None:
+            for _ in range(40):
+                await alerting.alert(1)
+                order.append("alert")
+                first_alert.set()
+                await asyncio.sleep(0.005)  # the send itself
+
+        async def confirmation() -> None:
+            await first_alert.wait()
+            assert await confirming.confirmation(1)
+            order.append("confirmation")
+
+        await asyncio.gather(
+            *(alert_worker() for _ in range(4)), *(confirmation() for _ in range(10))
+        )
+        assert order == ["alert"] * 160 + ["confirmation"] * 10
+    finally:
+        await sessionmaker.kw["bind"].dispose()
