@@ -30,6 +30,10 @@ def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
         ("UANET_EMAIL_RATE", "-1"),
         ("UANET_TWILIO_FROM", "12345"),
         ("UANET_SUBSCRIPTIONS_DATABASE_URL", "mysql://x"),
+        ("UANET_SMS_COUNTRIES", "GB,XX"),
+        ("UANET_CONFIRMATION_SMS_PER_HOUR", "-5"),
+        ("UANET_SIGNUP_ORIGINS", "https://campaign.example.org/page"),
+        ("UANET_SIGNUP_ORIGINS", "campaign.example.org"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_the_variable(
@@ -47,3 +51,21 @@ def test_secret_is_required_to_serve(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("UANET_SECRET_KEY", raising=False)
     with pytest.raises(SettingsError, match="UANET_SECRET_KEY"):
         load_settings().require_secret()
+
+
+def test_the_sign_up_guards_read_as_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UANET_SMS_COUNTRIES", " gb, ie ,FR,")
+    monkeypatch.setenv(
+        "UANET_SIGNUP_ORIGINS", "https://Campaign.Example.org/, http://localhost:8080"
+    )
+    settings = load_settings()
+    assert settings.sms_country_set == {"GB", "IE", "FR"}
+    assert settings.signup_origin_set == {
+        "https://campaign.example.org",
+        "http://localhost:8080",
+    }
+    monkeypatch.delenv("UANET_SMS_COUNTRIES")
+    monkeypatch.delenv("UANET_CONFIRMATION_SMS_PER_HOUR", raising=False)
+    defaults = load_settings()
+    assert defaults.sms_country_set == frozenset()  # every country
+    assert defaults.confirmation_sms_per_hour == 100
