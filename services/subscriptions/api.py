@@ -221,7 +221,9 @@ async def erase_subscriber_data(
 ) -> Response:
     """Erase one person's data; what they did still counts, anonymously."""
     async with state.unit_of_work() as session:
-        erased = await erase_subscriber(session, subscriber_id, erased_by=admin.name)
+        erased = await erase_subscriber(
+            session, subscriber_id, erased_by=admin.name, signer=state.links.signer
+        )
     if not erased:
         return _not_found()
     return Response(status_code=204)

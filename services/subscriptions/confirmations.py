@@ -74,3 +74,11 @@ async def forget_expired(session: AsyncSession, *, now: datetime) -> None:
     if is_postgres(session):
         expired = expired.with_for_update(skip_locked=True)
     await session.execute(delete(table).where(table.key.in_(expired.scalar_subquery())))
+
+
+async def forget(session: AsyncSession, signer: LinkSigner, addresses: list[str]) -> None:
+    """An erased person's counts: gone with the rest of their data."""
+    keys = [signer.fingerprint(mailbox(a)) for a in addresses]
+    if keys:
+        table = ConfirmationAllowance
+        await session.execute(delete(table).where(table.key.in_(keys)))

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.subscriptions import store
+from services.subscriptions import confirmations, store
 from services.subscriptions.models import (
     ActionRecipient,
     Consent,
@@ -31,6 +31,7 @@ from services.subscriptions.models import (
 )
 from shared.db import forget_published, outbox_row, utcnow
 from shared.events import SubscriberErased
+from shared.tokens import LinkSigner
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +136,15 @@ async def export_subscriber(session: AsyncSession, public_id: uuid.UUID) -> dict
 
 
 async def erase_subscriber(
-    session: AsyncSession, public_id: uuid.UUID, *, erased_by: str | None = None
+    session: AsyncSession,
+    public_id: uuid.UUID,
+    *,
+    erased_by: str | None = None,
+    signer: LinkSigner | None = None,
 ) -> bool:
     """Strip one person's data (in the caller's transaction); False if we do not know them.
-    ``erased_by`` (the admin token's name) goes to the publisher's audit log."""
+    ``erased_by`` (the admin token's name) goes to the publisher's audit log; ``signer`` (the
+    service's) finds their mailboxes' confirmation counts, forgotten too."""
     subscriber = await live_subscriber(session, public_id)
     if subscriber is None:
         return False
@@ -149,6 +155,8 @@ async def erase_subscriber(
     reply_addresses = list((await session.execute(pending)).scalars())
     await session.execute(delete(PendingLetter).where(PendingLetter.subscriber_id == subscriber.id))
     await forget_published(session, Outbox, [str(public_id), *addresses, *reply_addresses])
+    if signer is not None:
+        await confirmations.forget(session, signer, addresses)
     subscriber.public_id = uuid.uuid4()
     subscriber.email = None
     subscriber.phone = None

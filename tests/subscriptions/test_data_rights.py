@@ -20,6 +20,7 @@ from services.subscriptions.models import (
     ActionRecipient,
     ApiToken,
     Base,
+    ConfirmationAllowance,
     Consent,
     Outbox,
     Response,
@@ -334,12 +335,16 @@ async def test_erasure_leaves_no_personal_data_in_any_table(
         session.add(outbox_row(Outbox, batch))
         await session.execute(update(Outbox).values(published_at=utcnow()))
     await feed(app, issued(ADMIN_TOKEN, "admin"))
+    # Her mailboxes' confirmation counts (keyed digests of them, not the addresses).
+    digests = {links.signer.fingerprint(a) for a in ("ana@example.net", "+447911123456")}
+    assert digests <= await allowance_keys(sessionmaker)
 
     erased = await client.delete(
         f"/api/v1/subscribers/{subscriber.public_id}", headers=bearer(ADMIN_TOKEN)
     )
 
     assert erased.status_code == 204
+    assert not digests & await allowance_keys(sessionmaker)
     personal = ("ana@example.net", "+447911123456", "Ana Lima", "203.0.113.7")
     # The erasure event (to the other services) is the one row left that names her addresses;
     # it goes once published, with every other outbox row (the relay's retention).
@@ -351,6 +356,11 @@ async def test_erasure_leaves_no_personal_data_in_any_table(
         await session.execute(update(Outbox).values(published_at=utcnow()))
     await relay.purge_published()
     assert await rows_holding(sessionmaker, personal) == []
+
+
+async def allowance_keys(sessionmaker: async_sessionmaker[AsyncSession]) -> set[str]:
+    async with sessionmaker() as session:
+        return set((await session.execute(select(ConfirmationAllowance.key))).scalars())
 
 
 async def rows_holding(
