@@ -1,9 +1,9 @@
 """Contract §10: stopping any one node of three in the middle of a fan-out, the leader of the
 busiest queues included, loses nothing and sends nothing twice with different Message-IDs; the
 fan-out completes. The services as processes (two dispatchers, two subscriptions), PostgreSQL, a
-three-node cluster. A thousand alerts and a clean stop here (the node killed and the node lost
-during a publish are in tests/cluster/test_broker_failover.py at the broker's level);
-bench/cluster_failover.py runs all three with 5,000."""
+three-node cluster. A thousand alerts and a clean stop here (a node killed mid-stream is in
+tests/cluster/test_broker_failover.py at the broker's level, to keep `make test` short);
+bench/cluster_failover.py runs the stop, the kill and a stop during the publish with 5,000."""
 
 from __future__ import annotations
 
