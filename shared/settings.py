@@ -9,7 +9,7 @@ import re
 from datetime import timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import phonenumbers
@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     # Other sites (origins, comma-separated) whose pages may post the sign-up form and call
     # the sign-up API from a browser (CORS); the service's own origin always may.
     signup_origins: str = ""
+    # Federation (contract §9): set on a section, the hub it belongs to, its code and the key
+    # the hub printed for it; which hub actions go out as they arrive (none, urgent, all).
+    hub_url: str | None = None
+    section_code: str | None = None
+    hub_key: SecretStr | None = None
+    syndication_auto_publish: Literal["none", "urgent", "all"] = "none"
     # Bytes of one request body, on every service (at most a few MB, contract §7).
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=16_384, le=8_000_000)
 
@@ -147,6 +153,44 @@ class Settings(BaseSettings):
     @classmethod
     def _http(cls, v: str) -> str:
         return _check_url(v, ("http://", "https://"), "public_url")
+
+    @field_validator("hub_url", "section_code", "hub_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @field_validator("hub_url")
+    @classmethod
+    def _hub_url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_url(v, ("http://", "https://"), "hub_url").rstrip("/")
+
+    @field_validator("section_code")
+    @classmethod
+    def _section_code(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9]{1,16}", v):
+            raise ValueError("letters and digits only, at most 16 (e.g. UK)")
+        return None if v is None else v.upper()
+
+    @field_validator("hub_key")
+    @classmethod
+    def _hub_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith("whsec_"):
+            raise ValueError("must be the whsec_… key `uanet sections add` printed on the hub")
+        return v
+
+    @property
+    def is_section(self) -> bool:
+        return self.hub_url is not None
+
+    def require_section(self) -> tuple[str, str, str]:
+        """(hub URL, section code, hub key) of a section; SettingsError naming what is missing."""
+        if self.hub_url is None:
+            raise SettingsError("UANET_HUB_URL: not set, so this uanet is no section")
+        if self.section_code is None:
+            raise SettingsError("UANET_SECTION_CODE: must be set with UANET_HUB_URL")
+        if self.hub_key is None:
+            raise SettingsError("UANET_HUB_KEY: must be set with UANET_HUB_URL")
+        return self.hub_url, self.section_code, self.hub_key.get_secret_value()
 
     @field_validator("webhook_retry_schedule", "webhook_disable_after")
     @classmethod

@@ -248,6 +248,7 @@ def _register_optional() -> None:
         "uanet_cli.subscribers",
         "uanet_cli.webhooks",
         "uanet_cli.broker",
+        "uanet_cli.sections",
     ):
         try:
             mod = importlib.import_module(module)

@@ -152,6 +152,7 @@ def _current_fields(action: UrgentAction) -> dict[str, Any]:
         "targets": action.targets,
         "content": action.content,
         "default_language": action.default_language,
+        "sections": action.sections,
     }
 
 
@@ -214,6 +215,7 @@ async def publish_action(
         "action.published",
         UrgentActionRead.model_validate(action).model_dump(mode="json"),
         occurred_at=now,
+        sections=action.sections,
     )
     audit.record_for_action(session, actor=actor, event=audit.ACTION_PUBLISHED, action=action)
     return action
@@ -345,6 +347,7 @@ async def add_follow_up(
             "content": update.content,
         },
         occurred_at=now,
+        sections=action.sections,
     )
     details: dict[str, Any] = {"kind": update_in.kind, "update_id": str(update.id)}
     if update_in.outcome is not None:
@@ -406,8 +409,15 @@ async def close_action(
     await record_event(
         session,
         "action.closed",
-        {"action_id": str(action.id), "reference": action.reference, "outcome": close_in.outcome},
+        {
+            "action_id": str(action.id),
+            "reference": action.reference,
+            "outcome": close_in.outcome,
+            # Sections send it to their recipients like a follow-up (contract §9).
+            "content": content,
+        },
         occurred_at=now,
+        sections=action.sections,
     )
     audit.record_for_action(
         session,

@@ -26,6 +26,7 @@ from services.publisher.auth import (
     Writer,
 )
 from services.publisher.database import Database
+from services.publisher.federation.hub import with_network
 from services.publisher.live_streams import StreamSlots, caller_still_allowed
 from services.publisher.models import UrgentAction
 from services.publisher.reports import csv_filename, stats_csv, stats_stream
@@ -128,7 +129,7 @@ async def list_actions(
     database: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
-    status: Literal["draft", "published", "closed"] | None = None,
+    status: Literal["draft", "published", "closed", "declined"] | None = None,
 ) -> UrgentActionPage:
     async with database.read() as session:
         rows, total = await domain.list_actions(
@@ -245,10 +246,15 @@ async def close(
     return _read(action)
 
 
+async def network_stats(database: Database, action_id: uuid.UUID) -> ActionStats:
+    """The counts, with each section's and the network's on a hub (contract §9)."""
+    async with database.read() as session:
+        return await with_network(session, await read_stats(session=session, action_id=action_id))
+
+
 @router.get("/{action_id}/stats", response_model=ActionStats, responses=error_responses(404))
 async def stats(action_id: ActionId, _: Reader, database: DatabaseDep) -> ActionStats:
-    async with database.read() as session:
-        return await read_stats(session=session, action_id=action_id)
+    return await network_stats(database, action_id)
 
 
 @router.get(
@@ -263,8 +269,7 @@ async def stats(action_id: ActionId, _: Reader, database: DatabaseDep) -> Action
     },
 )
 async def stats_as_csv(action_id: ActionId, _: Reader, database: DatabaseDep) -> Response:
-    async with database.read() as session:
-        counts = await read_stats(session=session, action_id=action_id)
+    counts = await network_stats(database, action_id)
     return Response(
         stats_csv(counts),
         media_type="text/csv; charset=utf-8",
@@ -296,8 +301,7 @@ async def stats_live(
     notifier: NotifierDep,
 ) -> StreamingResponse:
     async def load() -> ActionStats:
-        async with database.read() as session:
-            return await read_stats(session=session, action_id=action_id)
+        return await network_stats(database, action_id)
 
     async def changed_at() -> Any:
         async with database.read() as session:

@@ -12,6 +12,9 @@ from services.publisher.audit import AUDIT_QUEUE, AuditConsumer
 from services.publisher.bounces import BOUNCE_QUEUE, BounceConsumer
 from services.publisher.console import CONSOLE_HEADERS, install_console
 from services.publisher.database import Database
+from services.publisher.federation.routes import actions_router as federation_actions_router
+from services.publisher.federation.routes import router as federation_router
+from services.publisher.federation.section import CountsReporter, ensure_hub_endpoint
 from services.publisher.live_streams import StreamSlots
 from services.publisher.models import Outbox
 from services.publisher.osdi.outreaches import OUTREACH_EVENTS, OUTREACH_QUEUE, OutreachConsumer
@@ -52,8 +55,13 @@ def create_app(settings: Settings) -> FastAPI:
         disable_after=settings.webhook_disable_delay,
     )
 
+    reporter = CountsReporter(database, webhooks.notify) if settings.is_section else None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if reporter is not None:
+            # A section reports to its hub through the deliverer, signed with its key.
+            await ensure_hub_endpoint(database, settings, sealing_key)
         await runtime.start(
             [
                 Subscription(TALLY_QUEUE, tally, TALLY_EVENTS),
@@ -72,9 +80,13 @@ def create_app(settings: Settings) -> FastAPI:
             ]
         )
         webhooks.start()
+        if reporter is not None:
+            reporter.start()
         try:
             yield
         finally:
+            if reporter is not None:
+                await reporter.stop()
             await webhooks.stop()
             await runtime.stop()
 
@@ -98,6 +110,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(audit_router)
     app.include_router(osdi_router)
     app.include_router(webhooks_router)
+    app.include_router(federation_router)
+    app.include_router(federation_actions_router)
     install_error_responses(app)
     install_webhook_errors(app)
     # Unknown paths under /osdi/v1/ ask for a token first too.

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 AUDIT_QUEUE = "publisher.audit"
 
-ActorKind = Literal["token", "account", "cli"]
+# "hub": the international office, acting on a section through federation (contract §9).
+ActorKind = Literal["token", "account", "cli", "hub"]
 
 # What staff can do, as the log names it.
 ACTION_CREATED = "action.created"
@@ -47,6 +48,11 @@ SUBSCRIBER_ERASED = "subscriber.erased"
 WEBHOOK_ADDED = "webhook.added"
 WEBHOOK_REMOVED = "webhook.removed"
 WEBHOOK_REPLAYED = "webhook.replayed"
+SECTION_ADDED = "section.added"
+SECTION_REMOVED = "section.removed"
+HUB_ACTION_RECEIVED = "hub_action.received"
+HUB_ACTION_DECLINED = "hub_action.declined"
+HUB_ACTION_AUTO_PUBLISHED = "hub_action.auto_published"
 EVENTS: tuple[str, ...] = (
     ACTION_CREATED,
     ACTION_EDITED,
@@ -62,6 +68,11 @@ EVENTS: tuple[str, ...] = (
     WEBHOOK_ADDED,
     WEBHOOK_REMOVED,
     WEBHOOK_REPLAYED,
+    SECTION_ADDED,
+    SECTION_REMOVED,
+    HUB_ACTION_RECEIVED,
+    HUB_ACTION_DECLINED,
+    HUB_ACTION_AUTO_PUBLISHED,
 )
 
 
@@ -83,7 +94,8 @@ class Actor:
 
     @property
     def label(self) -> str:
-        return {"token": "token ", "account": "", "cli": "command line, "}[self.kind] + self.name
+        prefix = {"token": "token ", "account": "", "cli": "command line, ", "hub": ""}
+        return prefix[self.kind] + self.name
 
 
 def record(

@@ -83,6 +83,8 @@ class UrgentAction(Base):
     __table_args__ = (
         # The reference "UA 12/26" is the 12th action of 2026.
         UniqueConstraint("year", "number", name="uq_urgent_actions_year_number"),
+        # A section takes each hub action once, however often the hub's call comes.
+        UniqueConstraint("origin_action_id", name="uq_urgent_actions_origin_action_id"),
         Index("ix_urgent_actions_created_at", "created_at"),
     )
 
@@ -105,6 +107,13 @@ class UrgentAction(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Federation (contract §9). On a hub: the sections it goes to (None: all). On a section:
+    # where it came from ({"hub", "action_id", "reference"}), and the hub's follow-ups waiting
+    # for staff.
+    sections: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    origin: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    origin_action_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    pending_updates: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
     @property
     def reference(self) -> str:

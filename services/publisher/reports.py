@@ -8,7 +8,9 @@ CSV columns, one row per country of residence then a ``TOTAL`` row:
 - on the ``TOTAL`` row only (left empty on country rows, where they are not known):
   ``letter``, ``email``, ``call``, ``sms_reply``, ``other`` (actions by kind),
   ``email_recipients``, ``email_sent``, ``email_delivered``, ``email_failed``, and the same
-  for ``sms``.
+  for ``sms``;
+- ``section``: on a hub, whose rows: empty for the hub's own, a section's code for its rows,
+  ``network`` for the whole network's total (contract §9).
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 from services.publisher.models import CHANNELS, RESPONSE_KINDS
-from services.publisher.schemas import ActionStats
+from services.publisher.schemas import ActionStats, NetworkStats, SectionStats
 from services.publisher.tally import StatsNotifier
 from shared.spreadsheet import csv_writer
+
+Counts = ActionStats | SectionStats | NetworkStats
 
 CSV_COLUMNS: tuple[str, ...] = (
     "reference",
@@ -37,6 +42,8 @@ CSV_COLUMNS: tuple[str, ...] = (
         for channel in CHANNELS
         for what in ("recipients", "sent", "delivered", "failed")
     ),
+    # On a hub, whose rows these are: "" the hub's own, a section's code, "network" the sum.
+    "section",
 )
 
 
@@ -44,34 +51,43 @@ def stats_csv(stats: ActionStats) -> str:
     out = io.StringIO()
     writer = csv_writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
-    empty_totals = [""] * (len(CSV_COLUMNS) - 5)
-    for country, counts in stats.by_country.items():
-        writer.writerow(
-            [
-                stats.reference,
-                country,
-                counts.recipients,
-                counts.people,
-                counts.actions,
-                *empty_totals,
-            ]
-        )
+    _write_counts(writer, stats.reference, stats, section="")
+    # On a hub: each section's rows (its own reference), then the network's total.
+    for code, part in stats.sections.items():
+        _write_counts(writer, part.reference or stats.reference, part, section=code)
+    if stats.sections and stats.network is not None:
+        _write_counts(writer, stats.reference, stats.network, section=NETWORK, countries=False)
+    return out.getvalue()
+
+
+NETWORK = "network"
+
+
+def _write_counts(
+    writer: Any, reference: str, counts: Counts, *, section: str, countries: bool = True
+) -> None:
+    empty_totals = [""] * (len(CSV_COLUMNS) - 6)
+    if countries:
+        for country, c in counts.by_country.items():
+            writer.writerow(
+                [reference, country, c.recipients, c.people, c.actions, *empty_totals, section]
+            )
     deliveries: list[int] = []
     for channel in CHANNELS:
-        d = stats.deliveries[channel]
-        deliveries += [stats.recipients[channel], d.sent, d.delivered, d.failed]
+        d = counts.deliveries[channel]
+        deliveries += [counts.recipients.get(channel, 0), d.sent, d.delivered, d.failed]
     writer.writerow(
         [
-            stats.reference,
+            reference,
             "TOTAL",
-            sum(c.recipients for c in stats.by_country.values()),
-            stats.responses.people,
-            stats.responses.actions,
-            *(stats.responses.by_kind[kind] for kind in RESPONSE_KINDS),
+            sum(c.recipients for c in counts.by_country.values()),
+            counts.responses.people,
+            counts.responses.actions,
+            *(counts.responses.by_kind.get(kind, 0) for kind in RESPONSE_KINDS),
             *deliveries,
+            section,
         ]
     )
-    return out.getvalue()
 
 
 def csv_filename(reference: str) -> str:

@@ -54,6 +54,15 @@ def _unique(values: list[Any]) -> list[Any]:
     return list(dict.fromkeys(values))
 
 
+def _section_code(value: str) -> str:
+    code = value.strip().upper()
+    if not re.fullmatch(r"[A-Z0-9]{1,16}", code):
+        raise ValueError("a section's code: letters and digits, at most 16 (e.g. UK)")
+    return code
+
+
+SectionCode = Annotated[str, AfterValidator(_section_code)]
+SectionList = Annotated[list[SectionCode], Field(max_length=200), AfterValidator(_unique)]
 CountryCode = Annotated[str, AfterValidator(_country)]
 LanguageCode = Annotated[str, AfterValidator(_language)]
 Theme = Annotated[str, AfterValidator(_theme)]
@@ -121,6 +130,10 @@ class UrgentActionCreate(Strict):
     ]
     # After channels and content, so its check can see them.
     default_language: LanguageCode
+    # On a hub: the sections it goes to (codes of `uanet sections list`); none given, all.
+    sections: (
+        Annotated[list[SectionCode], Field(max_length=200), AfterValidator(_unique)] | None
+    ) = None
 
     @field_validator("content")
     @classmethod
@@ -161,12 +174,31 @@ class UrgentActionUpdate(Strict):
     targets: Any = None
     content: Any = None
     default_language: Any = None
+    sections: Any = None
+
+
+class ActionOrigin(BaseModel):
+    """Where a section's action came from: the hub, its id and reference there."""
+
+    hub: str
+    action_id: uuid.UUID
+    reference: str
+
+
+class PendingUpdate(BaseModel):
+    """A hub's follow-up waiting for this section's staff to send it, edited or not."""
+
+    id: uuid.UUID
+    kind: Literal["further_information", "outcome"]
+    outcome: Outcome | None = None
+    content: dict[str, UpdateContentIn]
+    received_at: datetime
 
 
 class UrgentActionRead(BaseModel):
     id: uuid.UUID
     reference: str
-    status: Literal["draft", "published", "closed"]
+    status: Literal["draft", "published", "closed", "declined"]
     outcome: Outcome | None
     title: str
     country: str
@@ -182,8 +214,16 @@ class UrgentActionRead(BaseModel):
     updated_at: datetime
     published_at: datetime | None
     closed_at: datetime | None
+    sections: list[str] | None = None
+    origin: ActionOrigin | None = None
+    pending_updates: list[PendingUpdate] = []
 
     model_config = ConfigDict(from_attributes=True)
+
+    @field_validator("pending_updates", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return [] if value is None else value
 
 
 class UrgentActionPage(BaseModel):
@@ -251,8 +291,30 @@ class CountryCounts(BaseModel):
     actions: int
 
 
+class SectionStats(BaseModel):
+    """A section's newest counts of a hub action (contract §9), in the top level's shape."""
+
+    status: Literal["received", "published", "declined", "closed"]
+    reference: str | None
+    updated_at: datetime
+    recipients: dict[str, int]
+    deliveries: dict[str, ChannelDeliveries]
+    responses: ResponseCounts
+    by_country: dict[str, CountryCounts]
+
+
+class NetworkStats(BaseModel):
+    """The hub's own counts plus every section's."""
+
+    recipients: dict[str, int]
+    deliveries: dict[str, ChannelDeliveries]
+    responses: ResponseCounts
+    by_country: dict[str, CountryCounts]
+
+
 class ActionStats(BaseModel):
-    """The counts of contract §3, every number an integer, zeros included."""
+    """The counts of contract §3, every number an integer, zeros included; on a hub, each
+    section's and the whole network's too (§9)."""
 
     action_id: uuid.UUID
     reference: str
@@ -261,6 +323,8 @@ class ActionStats(BaseModel):
     responses: ResponseCounts
     by_country: dict[str, CountryCounts]
     updated_at: datetime
+    sections: dict[str, SectionStats] = {}
+    network: NetworkStats | None = None
 
 
 class AuditEntryRead(BaseModel):
@@ -269,7 +333,7 @@ class AuditEntryRead(BaseModel):
 
     id: int
     at: datetime
-    actor_kind: Literal["token", "account", "cli"]
+    actor_kind: Literal["token", "account", "cli", "hub"]
     actor: str
     event: str
     action_id: uuid.UUID | None

@@ -141,6 +141,7 @@ async def open_stack(
     secret: str,
     smtp: SmtpRecorder | None = None,
     env: dict[str, str] | None = None,
+    ports: dict[str, int] | None = None,
 ) -> Stack:
     """Migrated databases and the three services as processes, on ``smtp`` (a plain recorder
     unless given) and the Twilio-compatible fake; ``env`` adds or overrides settings."""
@@ -148,7 +149,7 @@ async def open_stack(
     smtp.start()
     twilio = FakeTwilio(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
     await twilio.start()
-    ports = {service: free_port() for service in SERVICES}
+    ports = ports or {service: free_port() for service in SERVICES}
     environment = stack_environment(
         amqp_url=amqp_url,
         database_urls=database_urls,

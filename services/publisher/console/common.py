@@ -78,6 +78,11 @@ _templates.globals["EVENT_LABELS"] = {
     audit.WEBHOOK_ADDED: "Webhook endpoint added",
     audit.WEBHOOK_REMOVED: "Webhook endpoint removed",
     audit.WEBHOOK_REPLAYED: "Webhook events replayed",
+    audit.SECTION_ADDED: "Section added",
+    audit.SECTION_REMOVED: "Section removed",
+    audit.HUB_ACTION_RECEIVED: "Received from the international office",
+    audit.HUB_ACTION_DECLINED: "Declined (from the international office)",
+    audit.HUB_ACTION_AUTO_PUBLISHED: "Published on arrival (from the international office)",
 }
 _templates.globals["OUTCOME_LABELS"] = {
     "released": "Released",

@@ -32,6 +32,7 @@ from services.publisher.webhooks.models import (
     DISABLED,
     FAILED,
     PENDING,
+    WEBHOOK,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEvent,
@@ -82,6 +83,13 @@ class Endpoint:
     id: uuid.UUID
     url: str
     secret: str
+    kind: str = WEBHOOK
+    section_code: str | None = None
+
+    @property
+    def federation(self) -> bool:
+        """A hub's or a section's call: tried until the other side answers, never given up."""
+        return self.kind != WEBHOOK
 
 
 class WebhookDeliverer:
@@ -164,14 +172,19 @@ class WebhookDeliverer:
             rows = (
                 await session.execute(
                     select(
-                        WebhookEndpoint.id, WebhookEndpoint.url, WebhookEndpoint.secret_sealed
+                        WebhookEndpoint.id,
+                        WebhookEndpoint.url,
+                        WebhookEndpoint.secret_sealed,
+                        WebhookEndpoint.kind,
+                        WebhookEndpoint.section_code,
                     ).where(WebhookEndpoint.state == ACTIVE)
                 )
             ).all()
         active: dict[uuid.UUID, Endpoint] = {}
-        for endpoint_id, url, sealed in rows:
+        for endpoint_id, url, sealed, kind, section_code in rows:
             try:
-                active[endpoint_id] = Endpoint(endpoint_id, url, unseal(self.secret_key, sealed))
+                secret = unseal(self.secret_key, sealed)
+                active[endpoint_id] = Endpoint(endpoint_id, url, secret, kind, section_code)
             except InvalidToken:
                 log.error(
                     "webhook endpoint %s: its secret was sealed under another UANET_SECRET_KEY",
@@ -200,7 +213,7 @@ class WebhookDeliverer:
                 claimed = await self._claim(endpoint.id)
                 if claimed:
                     outcomes = await asyncio.gather(*(self._send(endpoint, one) for one in claimed))
-                    if await self._record(endpoint.id, outcomes):
+                    if await self._record(endpoint, outcomes):
                         return  # disabled: the supervisor starts no lane for it
                     continue
             except asyncio.CancelledError:
@@ -265,6 +278,8 @@ class WebhookDeliverer:
         async with self._in_all:
             headers = signed_headers(endpoint.secret, claimed.event_id, body, utcnow())
             headers["content-type"] = "application/json"
+            if endpoint.section_code is not None:
+                headers["uanet-section"] = endpoint.section_code
             try:
                 async with asyncio.timeout(TIMEOUT):
                     response = await self._client.post(endpoint.url, content=body, headers=headers)
@@ -277,14 +292,16 @@ class WebhookDeliverer:
 
     # ---- recording -----------------------------------------------------------------------------
 
-    def _next_try(self, attempts: int, now: datetime) -> datetime | None:
-        """After ``attempts`` failed tries: when to try again, or None (it has failed)."""
+    def _next_try(self, attempts: int, now: datetime, *, forever: bool) -> datetime | None:
+        """After ``attempts`` failed tries: when to try again, or None (it has failed).
+        ``forever``: federation's calls go on at the schedule's last wait."""
         if attempts > len(self.retry_delays):
-            return None
+            return now + self.retry_delays[-1] if forever else None
         return now + self.retry_delays[attempts - 1]
 
-    async def _record(self, endpoint_id: uuid.UUID, outcomes: Sequence[Outcome]) -> bool:
+    async def _record(self, lane: Endpoint, outcomes: Sequence[Outcome]) -> bool:
         """Record the tries; True if the endpoint is now disabled."""
+        endpoint_id = lane.id
         now = utcnow()
         disabled_reason: str | None = None
         delivered_events: list[str] = []
@@ -304,12 +321,12 @@ class WebhookDeliverer:
                 if outcome.delivered:
                     values.update(state=DELIVERED, next_attempt_at=None)
                     delivered_events.append(outcome.claimed.event_id)
-                elif outcome.status == 410:
+                elif outcome.status == 410 and not lane.federation:
                     # Gone: the receiver asks for nothing more. Kept pending for a replay.
                     values.update(next_attempt_at=None)
                     disabled_reason = f"answered 410 Gone at {now:%Y-%m-%d %H:%M} UTC"
                 else:
-                    following = self._next_try(attempts, now)
+                    following = self._next_try(attempts, now, forever=lane.federation)
                     values.update(next_attempt_at=following, state=PENDING if following else FAILED)
                 await session.execute(
                     update(WebhookDelivery)
@@ -341,7 +358,7 @@ class WebhookDeliverer:
                 endpoint.failures_in_a_row += len(failures)
                 endpoint.last_failure_at = now
                 endpoint.failing_since = endpoint.failing_since or now
-                if now - endpoint.failing_since >= self.disable_after:
+                if now - endpoint.failing_since >= self.disable_after and not lane.federation:
                     since = f"{endpoint.failing_since:%Y-%m-%d %H:%M}"
                     disabled_reason = f"failing without a success since {since} UTC"
             if disabled_reason is not None and endpoint.state == ACTIVE:

@@ -26,6 +26,11 @@ DISABLED = "disabled"
 PENDING = "pending"
 DELIVERED = "delivered"
 FAILED = "failed"
+# What an endpoint is: a receiver an admin registered, a section's inbox (on a hub), or the hub's
+# counts (on a section). The last two are federation's (contract §9): tried until they answer.
+WEBHOOK = "webhook"
+SECTION_INBOX = "section"
+HUB_COUNTS = "hub"
 
 
 class WebhookEndpoint(Base):
@@ -34,6 +39,9 @@ class WebhookEndpoint(Base):
     __tablename__ = "publisher_webhook_endpoints"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    kind: Mapped[str] = mapped_column(String(16), default=WEBHOOK, server_default=WEBHOOK)
+    # Federation's calls carry it as ``uanet-section`` (the section's own code).
+    section_code: Mapped[str | None] = mapped_column(String(16), nullable=True)
     url: Mapped[str] = mapped_column(String(2000))
     description: Mapped[str] = mapped_column(String(500), default="")
     events: Mapped[list[str]] = mapped_column(JSON)
@@ -57,6 +65,7 @@ class WebhookEvent(Base):
     __table_args__ = (
         Index("ix_publisher_webhook_events_subscriber", "subscriber_id"),
         Index("ix_publisher_webhook_events_occurred", "occurred_at"),
+        Index("ix_publisher_webhook_events_topic", "topic"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -67,6 +76,9 @@ class WebhookEvent(Base):
     # The person a personal event is about, so erasure finds what still waits for them.
     subscriber_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
     personal: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Events of one topic replace each other while waiting (a section's counts of one action:
+    # only the newest snapshot matters).
+    topic: Mapped[str | None] = mapped_column(String(80), nullable=True)
 
 
 class WebhookDelivery(Base):

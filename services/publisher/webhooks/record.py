@@ -13,12 +13,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.publisher.webhooks.models import (
     ACTIVE,
     PENDING,
+    SECTION_INBOX,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEvent,
@@ -34,25 +35,39 @@ from shared.db import utcnow
 
 async def record_event(
     session: AsyncSession,
-    event_type: EventType,
+    event_type: EventType | str,
     data: Mapping[str, Any],
     *,
     occurred_at: datetime | None = None,
     subscriber_id: uuid.UUID | None = None,
     event_id: str | None = None,
+    sections: list[str] | None = None,
+    topic: str | None = None,
 ) -> str | None:
     """Store the event and a pending delivery for each active endpoint subscribed to its type;
-    returns its ``webhook-id`` (None when no endpoint wants it)."""
+    returns its ``webhook-id`` (None when no endpoint wants it).
+
+    ``sections``: an action's own list of sections (None: every section) limits which
+    sections' inboxes take it. ``topic``: a new event replaces the waiting ones of its topic."""
     endpoints = (
         await session.execute(
-            select(WebhookEndpoint.id, WebhookEndpoint.events).where(
-                WebhookEndpoint.state == ACTIVE
-            )
+            select(
+                WebhookEndpoint.id,
+                WebhookEndpoint.events,
+                WebhookEndpoint.kind,
+                WebhookEndpoint.section_code,
+            ).where(WebhookEndpoint.state == ACTIVE)
         )
     ).all()
-    wanting = [endpoint_id for endpoint_id, types in endpoints if event_type in types]
+    wanting = [
+        endpoint_id
+        for endpoint_id, types, kind, code in endpoints
+        if event_type in types and (kind != SECTION_INBOX or not sections or code in sections)
+    ]
     if not wanting:
         return None
+    if topic is not None:
+        await _drop_waiting(session, topic)
     now = utcnow()
     occurred_at = occurred_at or now
     event_id = event_id or new_event_id()
@@ -64,6 +79,7 @@ async def record_event(
             body=event_body(event_type, occurred_at, data),
             subscriber_id=subscriber_id,
             personal=event_type in PERSONAL_TYPES,
+            topic=topic,
         )
     )
     await session.flush()  # the event before its deliveries (their foreign key)
@@ -80,6 +96,29 @@ async def record_event(
         for endpoint_id in wanting
     )
     return event_id
+
+
+async def _drop_waiting(session: AsyncSession, topic: str) -> None:
+    """The waiting (not in flight) deliveries of ``topic``'s earlier events go: only the
+    newest matters."""
+    earlier = select(WebhookEvent.id).where(WebhookEvent.topic == topic)
+    await session.execute(
+        delete(WebhookDelivery)
+        .where(
+            WebhookDelivery.event_id.in_(earlier),
+            WebhookDelivery.state == PENDING,
+            WebhookDelivery.lease_until.is_(None),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(
+        delete(WebhookEvent)
+        .where(
+            WebhookEvent.topic == topic,
+            ~exists().where(WebhookDelivery.event_id == WebhookEvent.id),
+        )
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def forget_subscriber(session: AsyncSession, subscriber_id: uuid.UUID) -> int:

@@ -24,6 +24,7 @@ from services.publisher.audit import WEBHOOK_ADDED, WEBHOOK_REMOVED, WEBHOOK_REP
 from services.publisher.webhooks.models import (
     ACTIVE,
     PENDING,
+    WEBHOOK,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEvent,
@@ -181,13 +182,18 @@ async def add_endpoint(
 
 
 async def list_endpoints(session: AsyncSession) -> list[WebhookEndpoint]:
-    query = select(WebhookEndpoint).order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+    """The endpoints admins registered (federation's own are the sections' business)."""
+    query = (
+        select(WebhookEndpoint)
+        .where(WebhookEndpoint.kind == WEBHOOK)
+        .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+    )
     return list((await session.execute(query)).scalars())
 
 
 async def get_endpoint(session: AsyncSession, endpoint_id: uuid.UUID) -> WebhookEndpoint:
     endpoint = await session.get(WebhookEndpoint, endpoint_id)
-    if endpoint is None:
+    if endpoint is None or endpoint.kind != WEBHOOK:
         raise EndpointNotFound(str(endpoint_id))
     return endpoint
 
