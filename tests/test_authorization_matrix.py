@@ -53,6 +53,8 @@ EVERYONE = frozenset(ROLES)
 ACTION = "{action}"  # replaced by a published action's id
 SUBSCRIBER = "{subscriber}"  # replaced by an unknown subscriber id
 WEBHOOK = "{webhook}"  # replaced by an unknown webhook endpoint id
+# Signed with a section's key (contract §9): every caller with a token or a cookie gets 401.
+SIGNED = frozenset({"signed"})
 
 UPDATE = {
     "kind": "further_information",
@@ -110,6 +112,17 @@ API: tuple[ApiRoute, ...] = (
         ADMIN,
         {"since": "2026-12-01T00:00:00Z"},
     ),
+    # Federation (§9): a section's staff decline a hub action or send its waiting follow-up;
+    # the calls between hub and section are signed with a section's key, never a token.
+    ApiRoute("publisher", "POST", f"/api/v1/actions/{ACTION}/decline", WRITE),
+    ApiRoute(
+        "publisher",
+        "POST",
+        f"/api/v1/actions/{ACTION}/pending_updates/{{pending_id}}/send",
+        WRITE,
+    ),
+    ApiRoute("publisher", "POST", "/api/v1/federation/inbox", SIGNED),
+    ApiRoute("publisher", "POST", "/api/v1/federation/counts", SIGNED),
     # Not routes: the rest of /api/v1 answers 401 first too (§7 "whatever its path").
     ApiRoute("publisher", "GET", "/api/v1/no-such-thing", EVERYONE),
     ApiRoute("publisher", "DELETE", f"/api/v1/actions/{ACTION}", EVERYONE),
@@ -160,6 +173,8 @@ CONSOLE: tuple[ConsoleRoute, ...] = (
     ConsoleRoute("GET", "/audit", ADMIN),
     ConsoleRoute("GET", "/webhooks", ADMIN),
     ConsoleRoute("POST", f"/webhooks/{WEBHOOK}/replay", ADMIN),
+    ConsoleRoute("POST", f"/actions/{ACTION}/decline", WRITE),
+    ConsoleRoute("POST", f"/actions/{ACTION}/pending/{{pending_id}}/send", WRITE),
 )
 
 
@@ -317,6 +332,8 @@ def _expected_api(route: ApiRoute, caller: Caller) -> int | None:
     """401 or 403, or None: the route's own answer (anything but 401, 403 and 5xx)."""
     if route.roles is None:
         return None
+    if route.roles == SIGNED:
+        return 401
     if caller.cookie_role is not None:
         return None if route.service == "publisher" and route.cookie else 401
     if caller.role is None or (caller.osdi_header and not route.path.startswith("/osdi/")):

@@ -12,7 +12,15 @@ from urllib.parse import quote
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 
-from services.publisher.console import action_page, audit_log, compose, index, signin, webhooks
+from services.publisher.console import (
+    action_page,
+    audit_log,
+    compose,
+    federation,
+    index,
+    signin,
+    webhooks,
+)
 from services.publisher.console.common import (
     CONSOLE_HEADERS,
     HERE,
@@ -29,7 +37,7 @@ __all__ = ["CONSOLE_HEADERS", "install_console", "router"]
 
 # Every page of the console, in one router (the authorization matrix walks its routes).
 router = APIRouter(include_in_schema=False)
-for _page in (signin, index, compose, action_page, audit_log, webhooks):
+for _page in (signin, index, compose, action_page, audit_log, webhooks, federation):
     router.include_router(_page.router)
 
 

@@ -30,6 +30,7 @@ from services.publisher.console.common import (
     require_user,
     see_other,
 )
+from services.publisher.federation.hub import with_network
 from services.publisher.feedback import action_feedback
 from services.publisher.models import StaffUser, UrgentAction
 from services.publisher.reports import csv_filename, stats_csv
@@ -79,7 +80,7 @@ async def _action_page(
     status: int = 200,
 ) -> HTMLResponse:
     async with database_of(request).read() as session:
-        stats = await read_stats(session=session, action_id=action.id)
+        stats = await with_network(session, await read_stats(session=session, action_id=action.id))
         bounces = await bounces_of(session=session, action_id=action.id)
         history, history_total = await audit.list_entries(
             session=session, limit=HISTORY_SIZE, offset=0, action_id=action.id
@@ -123,6 +124,8 @@ async def action_page(request: Request, action_id: str, notice: str = "") -> Res
         "update": "Follow-up sent.",
         "closed": "The action is closed.",
         "target": "Target address changed: letters from now on go to the new address.",
+        "declined": "Declined: it will not go to your members.",
+        "pending": "The international office's follow-up was sent.",
     }
     return await _action_page(request, user, action, notice=messages.get(notice))
 

@@ -62,6 +62,7 @@ _templates.globals["STATUS_LABELS"] = {
     "draft": "Draft",
     "published": "Published",
     "closed": "Closed",
+    "declined": "Declined",
 }
 _templates.globals["EVENT_LABELS"] = {
     audit.ACTION_CREATED: "Draft created",
