@@ -252,7 +252,13 @@ async def network_stats(database: Database, action_id: uuid.UUID) -> ActionStats
         return await with_network(session, await read_stats(session=session, action_id=action_id))
 
 
-@router.get("/{action_id}/stats", response_model=ActionStats, responses=error_responses(404))
+# Unset: sections and network, on a uanet that is no hub (contract §3's shape stays as it was).
+@router.get(
+    "/{action_id}/stats",
+    response_model=ActionStats,
+    response_model_exclude_unset=True,
+    responses=error_responses(404),
+)
 async def stats(action_id: ActionId, _: Reader, database: DatabaseDep) -> ActionStats:
     return await network_stats(database, action_id)
 

@@ -98,7 +98,7 @@ def csv_filename(reference: str) -> str:
 
 def sse_event(stats: ActionStats) -> str:
     # JSON has no raw newlines, so the data is one line.
-    return f"event: stats\ndata: {stats.model_dump_json()}\n\n"
+    return f"event: stats\ndata: {stats.model_dump_json(exclude_unset=True)}\n\n"
 
 
 KEEP_ALIVE = ": keep-alive\n\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -62,6 +63,30 @@ class Office:
         )
         assert done.returncode == 0, done.stderr
         self.members = rows
+
+    async def console(self) -> httpx.AsyncClient:
+        """A signed-in console session (a coordinator account made by `uanet users create`)."""
+        email, password = f"{self.name.lower()}-coordinator@example.org", "a long test password"
+        made = await asyncio.to_thread(
+            self.stack.cli,
+            "users",
+            "create",
+            "--email",
+            email,
+            "--role",
+            "staff",
+            stdin=password + "\n",
+        )
+        assert made.returncode == 0, made.stderr
+        client = httpx.AsyncClient(base_url=self.stack.url("publisher"), timeout=30)
+        login = await client.get("/login")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text)
+        assert csrf
+        signed_in = await client.post(
+            "/login", data={"email": email, "password": password, "csrf_token": csrf.group(1)}
+        )
+        assert signed_in.status_code == 303, signed_in.text
+        return client
 
     def mails_to_members(self, subject_part: str = "") -> list[Any]:
         return [

@@ -16,6 +16,7 @@ from services.publisher.console.common import (
     render,
     require_user,
 )
+from services.publisher.federation.hub import sections_since
 from services.publisher.feedback import month_feedback
 from services.publisher.models import CHANNELS, ActionTally
 from services.publisher.overview import read_overview
@@ -72,9 +73,10 @@ async def overview(request: Request) -> Response:
     async with database_of(request).read() as session:
         figures = await read_overview(session=session, since=since)
         feedback = await month_feedback(session=session, since=since)
+        sections = await sections_since(session, since)
     return render(
         request,
         "overview.html.j2",
-        {"o": figures, "month": since, "feedback": feedback},
+        {"o": figures, "month": since, "feedback": feedback, "sections": sections},
         user=user,
     )

@@ -266,6 +266,40 @@ async def network_of(
 
 
 async def with_network(session: AsyncSession, stats: ActionStats) -> ActionStats:
-    """The action's stats with its sections' and the network's (contract §9)."""
+    """On a hub, the action's stats with its sections' and the network's (contract §9); a
+    uanet that never had a section answers the plain shape of §3."""
+    is_hub = (await session.execute(select(Section.code).limit(1))).first() is not None
+    if not is_hub:
+        return stats
     sections, network = await network_of(session, stats)
     return stats.model_copy(update={"sections": sections, "network": network})
+
+
+@dataclass(frozen=True)
+class SectionMonth:
+    """A section's share of the hub's actions published since a date (the overview)."""
+
+    code: str
+    actions_sent: int  # hub actions it published
+    reached: int
+    people: int
+    actions: int
+
+
+async def sections_since(session: AsyncSession, since: datetime) -> list[SectionMonth]:
+    rows = (
+        await session.execute(
+            select(SectionCounts.section_code, SectionCounts.status, SectionCounts.counts)
+            .join(UrgentAction, UrgentAction.id == SectionCounts.action_id)
+            .where(UrgentAction.published_at >= since)
+            .order_by(SectionCounts.section_code)
+        )
+    ).all()
+    totals: dict[str, list[int]] = {}
+    for code, status, counts in rows:
+        total = totals.setdefault(code, [0, 0, 0, 0])
+        total[0] += status in ("published", "closed")
+        total[1] += sum(int(n.get("recipients", 0)) for n in counts.get("by_country", {}).values())
+        total[2] += int(counts.get("responses", {}).get("people", 0))
+        total[3] += int(counts.get("responses", {}).get("actions", 0))
+    return [SectionMonth(code, *values) for code, values in totals.items()]

@@ -11,10 +11,11 @@ import asyncio
 import logging
 import time
 import uuid
+from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.publisher import actions as domain
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 HUB = Actor("hub", "international office")
 AutoPublish = Literal["none", "urgent", "all"]
 REPORT_EVERY = 2.0
+KEEP_REPORTING = timedelta(days=7)
 
 
 def _covered(auto: AutoPublish, urgency: str) -> bool:
@@ -288,8 +290,14 @@ class CountsReporter:
         async with self.database.read() as session:
             rows = (
                 await session.execute(
-                    select(UrgentAction.id, UrgentAction.status, UrgentAction.updated_at).where(
-                        UrgentAction.origin_action_id.is_not(None)
+                    select(UrgentAction.id, UrgentAction.status, UrgentAction.updated_at)
+                    .where(UrgentAction.origin_action_id.is_not(None))
+                    # Late receipts and responses still count a week after the close.
+                    .where(
+                        or_(
+                            UrgentAction.status.in_(("draft", "published")),
+                            UrgentAction.updated_at >= utcnow() - KEEP_REPORTING,
+                        )
                     )
                 )
             ).all()
