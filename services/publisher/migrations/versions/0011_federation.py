@@ -1,8 +1,8 @@
 """federation: sections on a hub, their counts; an action's origin, sections, pending updates;
 endpoints of federation's kinds
 
-Revision ID: 0009_federation
-Revises: 0008_webhooks
+Revision ID: 0011_federation
+Revises: 0010_sign_in_failures
 Create Date: 2026-12-06 20:30:00
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0009_federation"
-down_revision: str | None = "0008_webhooks"
+revision: str = "0011_federation"
+down_revision: str | None = "0010_sign_in_failures"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
