@@ -35,6 +35,12 @@ ONLY_FROM: Mapping[str, str] = {
     events.ApiTokenIssued.ROUTING_KEY: "publisher",
     events.ApiTokenRevoked.ROUTING_KEY: "publisher",
     events.SubscriberErased.ROUTING_KEY: "subscriptions",
+    # What a CRM hears of people and their responses (webhooks, OSDI outreaches): a forged one
+    # would put words in a subscriber's mouth.
+    events.SubscriberChanged.ROUTING_KEY: "subscriptions",
+    events.SubscriberUnsubscribed.ROUTING_KEY: "subscriptions",
+    events.ResponseRecorded.ROUTING_KEY: "subscriptions",
+    events.LetterWritten.ROUTING_KEY: "subscriptions",
 }
 
 

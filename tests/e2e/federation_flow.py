@@ -9,6 +9,7 @@ import re
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,9 @@ class Office:
         assert done.returncode == 0, done.stderr
         self.members = rows
 
-    async def console(self) -> httpx.AsyncClient:
-        """A signed-in console session (a coordinator account made by `uanet users create`)."""
+    @asynccontextmanager
+    async def console(self) -> AsyncIterator[httpx.AsyncClient]:
+        """A signed-in console session (a staff account made by `uanet users create`)."""
         email, password = f"{self.name.lower()}-coordinator@example.org", "a long test password"
         made = await asyncio.to_thread(
             self.stack.cli,
@@ -78,15 +80,15 @@ class Office:
             stdin=password + "\n",
         )
         assert made.returncode == 0, made.stderr
-        client = httpx.AsyncClient(base_url=self.stack.url("publisher"), timeout=30)
-        login = await client.get("/login")
-        csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text)
-        assert csrf
-        signed_in = await client.post(
-            "/login", data={"email": email, "password": password, "csrf_token": csrf.group(1)}
-        )
-        assert signed_in.status_code == 303, signed_in.text
-        return client
+        async with httpx.AsyncClient(base_url=self.stack.url("publisher"), timeout=30) as client:
+            login = await client.get("/login")
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text)
+            assert csrf
+            signed_in = await client.post(
+                "/login", data={"email": email, "password": password, "csrf_token": csrf.group(1)}
+            )
+            assert signed_in.status_code == 303, signed_in.text
+            yield client
 
     def mails_to_members(self, subject_part: str = "") -> list[Any]:
         return [

@@ -81,7 +81,7 @@ async def test_hub_publishes_sections_send_and_the_counts_come_back(
         "reference": action["reference"],
     }
     assert not fr.mails_to_members()
-    async with await fr.console() as console:
+    async with fr.console() as console:
         page = (await console.get(f"/actions/{fr_copy['id']}")).text
     assert "From the international office" in page and action["reference"] in page
     assert f'action="/actions/{fr_copy["id"]}/decline"' in page
@@ -129,7 +129,7 @@ async def test_hub_publishes_sections_send_and_the_counts_come_back(
     assert stats["network"]["responses"]["people"] == 2
     assert stats["network"]["recipients"]["email"] == len(everyone)
 
-    async with await hub.console() as console:
+    async with hub.console() as console:
         page = (await console.get(f"/actions/{action['id']}")).text
         overview = (await console.get("/overview")).text
     assert 'data-section="UK"' in page and 'data-section="FR"' in page
