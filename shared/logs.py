@@ -47,4 +47,8 @@ def configure_logging(service: str, level: int = logging.INFO) -> None:
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # httpx logs every request at INFO with its whole URL: one line per webhook delivered, and
+    # a receiver's URL may carry a token in its query.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     logging.getLogger().name = service

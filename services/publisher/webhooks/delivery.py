@@ -48,7 +48,7 @@ TIMEOUT = 15.0
 # A claim's lease: longer than a try can take, so only a dead process's claims come back.
 LEASE = timedelta(seconds=TIMEOUT + 10)
 # Tries in flight to one endpoint, and in all.
-PER_ENDPOINT = 8
+PER_ENDPOINT = 16
 IN_ALL = 64
 POLL_SECONDS = 1.0
 ENDPOINTS_EVERY = 2.0
@@ -309,7 +309,37 @@ class WebhookDeliverer:
             endpoint = await session.get(WebhookEndpoint, endpoint_id, with_for_update=True)
             if endpoint is None:
                 return True  # removed meanwhile: its deliveries went with it
+            # Delivered: one statement for all of them (the usual case, and most of the work).
+            delivered_ids = [o.claimed.delivery_id for o in outcomes if o.delivered]
+            if delivered_ids:
+                statuses = {o.status for o in outcomes if o.delivered}
+                await session.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id.in_(delivered_ids))
+                    .values(
+                        state=DELIVERED,
+                        attempts=WebhookDelivery.attempts + 1,
+                        last_status=statuses.pop() if len(statuses) == 1 else None,
+                        last_error=None,
+                        next_attempt_at=None,
+                        lease_until=None,
+                        updated_at=now,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                if len(statuses) > 0:  # several 2xx codes: each row its own
+                    for outcome in outcomes:
+                        if outcome.delivered:
+                            await session.execute(
+                                update(WebhookDelivery)
+                                .where(WebhookDelivery.id == outcome.claimed.delivery_id)
+                                .values(last_status=outcome.status)
+                                .execution_options(synchronize_session=False)
+                            )
+                delivered_events = [o.claimed.event_id for o in outcomes if o.delivered]
             for outcome in outcomes:
+                if outcome.delivered:
+                    continue
                 attempts = outcome.claimed.attempts + 1
                 values: dict[str, object] = {
                     "attempts": attempts,
@@ -318,10 +348,7 @@ class WebhookDeliverer:
                     "lease_until": None,
                     "updated_at": now,
                 }
-                if outcome.delivered:
-                    values.update(state=DELIVERED, next_attempt_at=None)
-                    delivered_events.append(outcome.claimed.event_id)
-                elif outcome.status == 410 and not lane.federation:
+                if outcome.status == 410 and not lane.federation:
                     # Gone: the receiver asks for nothing more. Kept pending for a replay.
                     values.update(next_attempt_at=None)
                     disabled_reason = f"answered 410 Gone at {now:%Y-%m-%d %H:%M} UTC"
