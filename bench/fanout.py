@@ -149,18 +149,27 @@ async def seed(stack: Stack, n: int, workdir: Path) -> str:
     return "uanet subscribers import --confirmed"
 
 
-async def started(stack: Stack, n: int, workdir: Path) -> tuple[dict[str, str], str]:
+async def started(
+    stack: Stack, n: int, workdir: Path, seeded_in: Path | None = None
+) -> tuple[dict[str, str], str]:
     """Migrated, seeded with N subscribers, the three services up: (admin auth header, the
     actions API URL)."""
+    if seeded_in is not None:
+        # A kept run's databases, seeded and migrated (a million takes 10+ minutes to import).
+        for path in seeded_in.glob("*.db"):
+            shutil.copy(path, workdir / path.name)
+        print(f"seeded: the databases of {seeded_in} (expected to hold {n} subscribers)")
     if stack.cli("migrate").returncode != 0:
         raise SystemExit("migrate failed")
-    seeded = time.monotonic()
-    how = await seed(stack, n, workdir)
-    print(f"seeded {n} subscribers in {time.monotonic() - seeded:.1f}s ({how})")
+    if seeded_in is None:
+        seeded = time.monotonic()
+        how = await seed(stack, n, workdir)
+        print(f"seeded {n} subscribers in {time.monotonic() - seeded:.1f}s ({how})")
     for service in SERVICES:
         stack.start(service)
     for service in SERVICES:
-        await stack.wait_ready(service)
+        # A loaded machine (and broker) can take more than the tests' minute.
+        await stack.wait_ready(service, timeout=300)
     token = stack.cli("token", "create", "--role", "admin", "--name", "bench")
     auth = {"Authorization": f"Bearer {token.stdout.strip().splitlines()[-1]}"}
     return auth, stack.url("publisher") + "/api/v1/actions"
@@ -248,6 +257,8 @@ class Method:
     email_rate: str = "1000000"
     floor_connections: int = 20
     floor_n: int = 50_000
+    # A kept run's folder (--keep) whose databases already hold the subscribers.
+    seeded_in: Path | None = None
 
 
 async def run(n: int, postgres: bool, concurrency: int, keep: bool, method: Method) -> None:
@@ -274,7 +285,7 @@ async def _run(infra: Scratch, n: int, postgres: bool, concurrency: int, method:
     # An SmtpRecorder is only there to satisfy Stack's shape; the sink is smtp-sink.
     stack = Stack(env=env, smtp=SmtpRecorder(), twilio=twilio, log_dir=workdir, ports=ports)
     try:
-        auth, api = await started(stack, n, workdir)
+        auth, api = await started(stack, n, workdir, method.seeded_in)
         async with httpx.AsyncClient(timeout=60) as client:
             created = await client.post(api, json={**ACTION, "channels": ["email"]}, headers=auth)
             action_id = created.json()["id"]
@@ -449,11 +460,16 @@ def main() -> None:
         type=float,
         help="run the fan-out twice through the latency proxy, at 0 ms and at this round trip",
     )
+    parser.add_argument(
+        "--seeded",
+        type=Path,
+        help="start from the databases a --keep run left in this folder (no import)",
+    )
     args = parser.parse_args()
     if args.rtt_ms is not None:
         asyncio.run(run_distance(args.n, args.concurrency, args.rtt_ms, args.keep))
     else:
-        method = Method(args.email_rate, args.floor_connections, args.floor_n)
+        method = Method(args.email_rate, args.floor_connections, args.floor_n, args.seeded)
         asyncio.run(run(args.n, args.postgres, args.concurrency, args.keep, method))
 
 
