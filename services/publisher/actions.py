@@ -413,8 +413,8 @@ async def close_action(
             "action_id": str(action.id),
             "reference": action.reference,
             "outcome": close_in.outcome,
-            # Sections send it to their recipients like a follow-up (contract §9).
-            "content": content,
+            # With closing text, sections send it to their recipients like a follow-up (§9).
+            **({"content": content} if content is not None else {}),
         },
         occurred_at=now,
         sections=action.sections,

@@ -33,12 +33,17 @@ class SignupOrigins:
         the origin the request was addressed to (its Host), also our own (the page opened at
         http://127.0.0.1:8002 while UANET_PUBLIC_URL names localhost)."""
         origin = headers.get("origin")
+        fetch_site = headers.get("sec-fetch-site", "").strip().lower()
+        if origin is not None and origin.strip().lower() == "null":
+            # Our pages send Referrer-Policy: no-referrer, so Chromium posts their own form
+            # with "Origin: null" beside "Sec-Fetch-Site: same-origin". Any other "null" (a
+            # sandboxed frame, a data: page or a file elsewhere) is no site we know.
+            return fetch_site != "same-origin"
         if origin is not None:
-            # "null" (a sandboxed frame, a file) is no site we know: refused with the rest.
             sent = web_origin(origin)
             ours = (self.own, web_origin(served_at))
             return not sent or (sent not in ours and sent not in self.allowed)
-        return headers.get("sec-fetch-site", "").strip().lower() == "cross-site"
+        return fetch_site == "cross-site"
 
     def cors(self, headers: Headers) -> dict[str, str]:
         """CORS headers for a listed campaign site's browser; none for anyone else."""

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import httpx
+import aiohttp
 from sqlalchemy import and_, delete, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -100,7 +100,7 @@ class WebhookDeliverer:
         secret_key: str,
         retry_delays: Sequence[timedelta],
         disable_after: timedelta,
-        client: httpx.AsyncClient | None = None,
+        client: aiohttp.ClientSession | None = None,
     ) -> None:
         self.database = database
         self.secret_key = secret_key
@@ -120,9 +120,12 @@ class WebhookDeliverer:
         if self._supervisor is not None:
             return
         if self._client is None:
-            # No redirects: an endpoint answers for itself (a 3xx is a failed try).
-            self._client = httpx.AsyncClient(
-                timeout=TIMEOUT, follow_redirects=False, headers={"user-agent": USER_AGENT}
+            # aiohttp (already here for twilio's client): a sixth of httpx's CPU a request,
+            # which was most of a delivery's cost. Connections kept per endpoint.
+            self._client = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=TIMEOUT),
+                headers={"user-agent": USER_AGENT},
+                connector=aiohttp.TCPConnector(limit=IN_ALL, limit_per_host=PER_ENDPOINT),
             )
         self._supervisor = asyncio.create_task(self._supervise(), name="webhook-supervisor")
 
@@ -148,7 +151,7 @@ class WebhookDeliverer:
             await asyncio.gather(*lanes, return_exceptions=True)
         self._lanes.clear()
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     # ---- the supervisor: a lane per active endpoint ---------------------------------------------
@@ -282,11 +285,15 @@ class WebhookDeliverer:
                 headers["uanet-section"] = endpoint.section_code
             try:
                 async with asyncio.timeout(TIMEOUT):
-                    response = await self._client.post(endpoint.url, content=body, headers=headers)
-                return Outcome(claimed, response.status_code, None)
+                    # No redirects: an endpoint answers for itself (a 3xx is a failed try).
+                    async with self._client.post(
+                        endpoint.url, data=body, headers=headers, allow_redirects=False
+                    ) as response:
+                        await response.read()
+                        return Outcome(claimed, response.status, None)
             except TimeoutError:
                 return Outcome(claimed, None, "timed out")
-            except httpx.HTTPError as exc:
+            except (aiohttp.ClientError, ValueError) as exc:
                 # The kind of failure only: an error's text can quote the URL's query.
                 return Outcome(claimed, None, type(exc).__name__)
 
