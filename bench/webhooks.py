@@ -45,13 +45,19 @@ from tests.support import SmtpRecorder, free_port  # noqa: E402
 
 SECRET = "bench-secret-key"
 ENDPOINTS = 10
+CHANGERS = 5000
 
 
 async def fan_out(
     client: httpx.AsyncClient, api: str, auth: dict[str, str], sink: SmtpSink, n: int, title: str
 ) -> float:
+    # The N seeded in GB; the people whose changes make the events live elsewhere, so an
+    # unsubscribe never takes an alert out of the fan-out being timed.
+    audience = {"countries": ["GB"], "themes": [], "languages": []}
     created = await client.post(
-        api, json={**ACTION, "title": title, "channels": ["email"]}, headers=auth
+        api,
+        json={**ACTION, "title": title, "channels": ["email"], "audience": audience},
+        headers=auth,
     )
     assert created.status_code == 201, created.text
     before = sink.count
@@ -64,11 +70,25 @@ async def fan_out(
     return n / (last - started_at)
 
 
+def seed_changers(stack: Stack, workdir: Path, n: int) -> None:
+    """People outside the timed audience (Ireland) whose changes make the webhook events."""
+    path = workdir / "changers.csv"
+    path.write_text(
+        "email,name,country,language,channels\n"
+        + "".join(f"changer{i}@example.net,Changer {i},IE,en,email\n" for i in range(n))
+    )
+    done = stack.cli("subscribers", "import", str(path), "--confirmed")
+    if done.returncode != 0:
+        raise SystemExit(f"import failed: {done.stderr[-2000:]}")
+
+
 def subscriber_ids(infra: Scratch, limit: int) -> list[uuid.UUID]:
     url = infra.database_urls["subscriptions"]
     if url.startswith("sqlite"):
         with sqlite3.connect(url.split("///", 1)[1]) as db:
-            rows = db.execute("SELECT public_id FROM subscribers LIMIT ?", (limit,)).fetchall()
+            rows = db.execute(
+                "SELECT public_id FROM subscribers WHERE country = 'IE' LIMIT ?", (limit,)
+            ).fetchall()
         return [uuid.UUID(str(r[0])) if len(str(r[0])) != 32 else uuid.UUID(hex=r[0]) for r in rows]
     import subprocess
 
@@ -79,7 +99,7 @@ def subscriber_ids(infra: Scratch, limit: int) -> list[uuid.UUID]:
             f"postgresql://postgres@127.0.0.1:5432/{name}",
             "-At",
             "-c",
-            f"SELECT public_id FROM subscribers LIMIT {limit}",
+            f"SELECT public_id FROM subscribers WHERE country = 'IE' LIMIT {limit}",
         ],
         capture_output=True,
         text=True,
@@ -134,7 +154,8 @@ async def _run(infra: Scratch, n: int, per_second: float, postgres: bool) -> Non
     stack = Stack(env=env, smtp=SmtpRecorder(), twilio=twilio, log_dir=infra.workdir, ports=ports)
     try:
         auth, api = await started(stack, n, infra.workdir)
-        people = subscriber_ids(infra, n)
+        seed_changers(stack, infra.workdir, CHANGERS)
+        people = subscriber_ids(infra, CHANGERS)
         links = Links(LinkSigner(SECRET), stack.url("subscriptions"))
         async with httpx.AsyncClient(timeout=60) as client:
             without = await fan_out(client, api, auth, sink, n, "Without webhooks")
