@@ -3,7 +3,6 @@ go to and whose counts it takes. Run against the publisher's database, like ``ua
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC
 from typing import Annotated, Any, TypeVar
@@ -14,26 +13,10 @@ T = TypeVar("T")
 
 
 def _on_publisher_db(work: Callable[[Any], Awaitable[T]]) -> T:
-    from services.publisher.database import Database
     from services.publisher.federation.hub import SectionError
-    from shared.db import make_engine, make_sessionmaker
-    from uanet_cli.common import fail, settings_or_exit
+    from uanet_cli.common import on_publisher_database
 
-    settings = settings_or_exit()
-
-    async def run() -> T:
-        engine = make_engine(settings.publisher_database_url)
-        try:
-            return await work(Database(engine, make_sessionmaker(engine)))
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(run())
-    except SectionError as exc:
-        fail(str(exc))
-    except Exception as exc:  # noqa: BLE001 - one line for an operator, not a traceback
-        fail(f"the publisher database is not usable ({type(exc).__name__}); `uanet migrate`?")
+    return on_publisher_database(work, refusals={SectionError: str})
 
 
 def register(app: typer.Typer) -> None:

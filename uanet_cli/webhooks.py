@@ -4,7 +4,6 @@ up a change within seconds."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -17,27 +16,15 @@ T = TypeVar("T")
 
 
 def _with_publisher_db(work: Callable[[Any], Awaitable[T]]) -> T:
-    """``work(database)`` against the publisher's database; failures are one line, exit 2."""
-    from services.publisher.database import Database
     from services.publisher.webhooks.registry import EndpointNotFound
-    from shared.db import make_engine, make_sessionmaker
-    from uanet_cli.common import fail, settings_or_exit
+    from uanet_cli.common import on_publisher_database
 
-    settings = settings_or_exit()
-
-    async def run() -> T:
-        engine = make_engine(settings.publisher_database_url)
-        try:
-            return await work(Database(engine, make_sessionmaker(engine)))
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(run())
-    except EndpointNotFound as exc:
-        fail(f"no webhook endpoint {exc} (see `uanet webhooks list`)")
-    except Exception as exc:  # noqa: BLE001 - one line for an operator, not a traceback
-        fail(f"the publisher database is not usable ({type(exc).__name__}); `uanet migrate`?")
+    return on_publisher_database(
+        work,
+        refusals={
+            EndpointNotFound: lambda exc: f"no webhook endpoint {exc} (see `uanet webhooks list`)"
+        },
+    )
 
 
 def _when(moment: datetime | None) -> str:
