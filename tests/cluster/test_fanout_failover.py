@@ -33,6 +33,7 @@ async def faults(
         await close_fault_stack(running)
 
 
+@pytest.mark.slow
 async def test_a_fan_out_survives_the_leader_of_its_busiest_queue_stopped(
     faults: FaultStack, rabbit_cluster: RabbitCluster, cluster_vhost: str
 ) -> None:

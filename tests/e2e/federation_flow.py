@@ -201,6 +201,9 @@ async def open_network(
                 secret=SECRET + code,
                 env=section_env(hub_stack, code, keys[code], auto),
                 ports=ports,
+                # A section's publisher was seen taking close to a minute to consume on a
+                # loaded machine (cause not found; alone it starts in 3 s).
+                ready_timeout=180.0,
             )
             stacks.append(stack)
             sections[code] = Office(code, stack)

@@ -142,6 +142,7 @@ async def open_stack(
     smtp: SmtpRecorder | None = None,
     env: dict[str, str] | None = None,
     ports: dict[str, int] | None = None,
+    ready_timeout: float = 60.0,
 ) -> Stack:
     """Migrated databases and the three services as processes, on ``smtp`` (a plain recorder
     unless given) and the Twilio-compatible fake; ``env`` adds or overrides settings."""
@@ -167,7 +168,7 @@ async def open_stack(
     for service in SERVICES:
         stack.start(service)
     for service in SERVICES:
-        await stack.wait_ready(service)
+        await stack.wait_ready(service, timeout=ready_timeout)
     return stack
 
 

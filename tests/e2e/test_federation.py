@@ -230,6 +230,7 @@ def _signed(key: str, body: bytes, *, when: datetime | None = None) -> dict[str,
     }
 
 
+@pytest.mark.slow
 async def test_forged_and_cross_section_calls_get_401_and_change_nothing(
     network: Network,
 ) -> None:
@@ -292,6 +293,7 @@ async def test_forged_and_cross_section_calls_get_401_and_change_nothing(
     assert answer.status_code == 401, "a removed section is refused"
 
 
+@pytest.mark.slow
 async def test_a_section_down_while_the_hub_publishes_and_the_hub_down_while_they_report(
     network: Network,
 ) -> None:

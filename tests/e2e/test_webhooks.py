@@ -261,6 +261,7 @@ async def _disabled(hooks: Hooks, endpoint_id: str) -> dict[str, Any] | None:
     return state if state["state"] == "disabled" else None
 
 
+@pytest.mark.slow
 async def test_a_hanging_endpoint_delays_neither_another_endpoint_nor_the_alerts(
     sqlite_hooks_factory: Callable[..., Any], tmp_path: Path
 ) -> None:
