@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from services.publisher import actions as domain
 from services.publisher.auth import Writer
-from services.publisher.database import Database
+from services.publisher.database import DatabaseDep
 from services.publisher.federation import hub, section
 from services.publisher.federation.wire import (
     ACTION_TYPES,
@@ -46,14 +46,6 @@ SIGNED = {
 def _unauthorized(why: str) -> Response:
     log.warning("federation call refused: %s", why)
     return JSONResponse({"detail": "not signed by a known section"}, status_code=401)
-
-
-def _database(request: Request) -> Database:
-    database: Database = request.app.state.database
-    return database
-
-
-DatabaseDep = Annotated[Database, Depends(_database)]
 
 
 @router.post("/inbox", status_code=status.HTTP_204_NO_CONTENT, responses=SIGNED)

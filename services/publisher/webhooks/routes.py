@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, statu
 from fastapi.responses import JSONResponse
 
 from services.publisher.auth import Admin
-from services.publisher.database import Database
+from services.publisher.database import DatabaseDep
 from services.publisher.webhooks import registry
 from services.publisher.webhooks.delivery import WebhookDeliverer
 from services.publisher.webhooks.registry import (
@@ -27,11 +27,6 @@ from shared.access import CallerFirstRoute
 from shared.web import error_responses
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"], route_class=CallerFirstRoute)
-
-
-def _database(request: Request) -> Database:
-    database: Database = request.app.state.database
-    return database
 
 
 def _deliverer(request: Request) -> WebhookDeliverer:
@@ -51,7 +46,6 @@ def _endpoint_id(endpoint_id: str) -> uuid.UUID:
         raise EndpointNotFound(endpoint_id) from None
 
 
-DatabaseDep = Annotated[Database, Depends(_database)]
 DelivererDep = Annotated[WebhookDeliverer, Depends(_deliverer)]
 SealingKey = Annotated[str, Depends(_sealing_key)]
 EndpointId = Annotated[uuid.UUID, Depends(_endpoint_id)]
