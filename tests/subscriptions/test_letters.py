@@ -276,7 +276,8 @@ async def test_an_unconfirmed_own_address_is_asked_too(
     asked = await client.post(f"{path}/letter", data=LETTER)
 
     assert asked.status_code == 200
-    assert "Check your inbox to send your letter" in asked.text
+    # The page speaks the subscriber's language (the seed's subscriber reads French).
+    assert "Consultez votre boîte de réception pour envoyer votre lettre" in asked.text
     assert await outbox(sessionmaker, "letter.requested") == []
     [check] = await outbox(sessionmaker, "dispatch.message")
     assert check["to"] == "ana@example.net"

@@ -103,7 +103,7 @@ class WebhookEventsConsumer:
             elif isinstance(message, events.ResponseRecorded):
                 action = await session.get(UrgentAction, message.action_id)
                 if action is None:
-                    raise Reject("a response to an unknown action")
+                    raise Reject(f"unknown urgent action {message.action_id}")
                 await record_event(
                     session,
                     "response.recorded",
