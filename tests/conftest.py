@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from shared.settings import SERVICES, Settings
+from tests import broker_admin
 
 if TYPE_CHECKING:
     from tests.e2e.stack import Stack
@@ -23,20 +24,15 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 SECRET = "test-secret-key-not-for-production"
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture
 def amqp_url() -> Iterator[str]:
     """A fresh vhost, deleted afterwards: no queue or message leaks between tests."""
     vhost = f"uanet-test-{uuid.uuid4().hex[:10]}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    broker_admin.add_vhost(vhost)
     try:
         yield f"{AMQP_BASE}/{vhost}"
     finally:
-        _rabbitmqctl("delete_vhost", vhost)
+        broker_admin.delete_vhost(vhost)
 
 
 def _psql(sql: str) -> None:

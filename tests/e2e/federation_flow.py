@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import re
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,16 +16,13 @@ from typing import Any
 import httpx
 
 from shared.settings import SERVICES
+from tests import broker_admin
 from tests.conftest import AMQP_BASE, SECRET
 from tests.e2e.stack import Stack, close_stack, open_stack
 from tests.e2e.test_whole_loop import ACTION
 from tests.support import eventually, free_port
 
 FAST_RETRIES = "1s,1s,2s,2s,3s"
-
-
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
 @dataclass
@@ -164,8 +160,7 @@ async def open_network(
 ) -> AsyncIterator[Network]:
     vhosts = [f"uanet-fed-{uuid.uuid4().hex[:8]}" for _ in range(1 + len(autos))]
     for vhost in vhosts:
-        _rabbitmqctl("add_vhost", vhost)
-        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        broker_admin.add_vhost(vhost)
     stacks: list[Stack] = []
     try:
         (tmp_path / "hub").mkdir()
@@ -216,4 +211,4 @@ async def open_network(
         for stack in stacks:
             await close_stack(stack)
         for vhost in vhosts:
-            _rabbitmqctl("delete_vhost", vhost)
+            broker_admin.delete_vhost(vhost)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ import pytest
 
 from shared import events
 from shared.messaging import Broker, Delivery, QueueSpec
+from tests import broker_admin
 
 # A work queue bound to two event kinds, with 1-second retries (two of them).
 WORK = QueueSpec(
@@ -84,13 +83,6 @@ def vhost_of(amqp_url: str) -> str:
     return amqp_url.rsplit("/", 1)[1]
 
 
-def rabbitmqctl(*args: str) -> str:
-    done = subprocess.run(
-        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60
-    )
-    return done.stdout
-
-
 async def queue_depth(amqp_url: str, name: str) -> int:
     """Ready messages in a queue (a passive declare, on a connection of its own)."""
     connection = await aio_pika.connect(amqp_url)
@@ -105,22 +97,7 @@ async def queue_depth(amqp_url: str, name: str) -> int:
 
 async def queue_arguments(amqp_url: str) -> dict[str, dict[str, Any]]:
     """Every queue of the vhost with its arguments and type, as the broker reports them."""
-    out = await asyncio.to_thread(
-        rabbitmqctl,
-        "list_queues",
-        "-p",
-        vhost_of(amqp_url),
-        "--formatter",
-        "json",
-        "name",
-        "arguments",
-        "durable",
-        "type",
-    )
-    rows = json.loads(out)
-    for row in rows:
-        # [[name, type, value], ...] -> {name: value}
-        row["arguments"] = {name: value for name, _type, value in row["arguments"]}
+    rows = await asyncio.to_thread(broker_admin.list_queues, vhost_of(amqp_url))
     return {row["name"]: row for row in rows}
 
 

@@ -8,13 +8,13 @@ import json
 
 from shared import events
 from shared.messaging import Broker
+from tests.broker_admin import rabbitmqctl
 from tests.shared.conftest import (
     TEST_QUEUES,
     WORK,
     Recorder,
     erased,
     eventually,
-    rabbitmqctl,
     vhost_of,
 )
 
