@@ -34,6 +34,7 @@ async def faults(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 async def test_a_fan_out_survives_the_leader_of_its_busiest_queue_stopped(
     faults: FaultStack, rabbit_cluster: RabbitCluster, cluster_vhost: str
 ) -> None:

@@ -231,6 +231,7 @@ def _signed(key: str, body: bytes, *, when: datetime | None = None) -> dict[str,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 async def test_forged_and_cross_section_calls_get_401_and_change_nothing(
     network: Network,
 ) -> None:
@@ -294,6 +295,7 @@ async def test_forged_and_cross_section_calls_get_401_and_change_nothing(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 async def test_a_section_down_while_the_hub_publishes_and_the_hub_down_while_they_report(
     network: Network,
 ) -> None:

@@ -262,6 +262,7 @@ async def _disabled(hooks: Hooks, endpoint_id: str) -> dict[str, Any] | None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 async def test_a_hanging_endpoint_delays_neither_another_endpoint_nor_the_alerts(
     sqlite_hooks_factory: Callable[..., Any], tmp_path: Path
 ) -> None:
