@@ -408,13 +408,17 @@ class Broker:
             user_id=self.user,
         )
         channel = self.channel
-        if exchange == EVENTS_EXCHANGE and self._exchange is not None:
-            target = self._exchange
-        elif exchange == "":
-            target = channel.default_exchange
-        else:
-            target = await channel.get_exchange(exchange, ensure=False)
-        await target.publish(message, routing_key=routing_key, mandatory=False, timeout=timeout)
+        # The whole publish is bounded, the wait for a reconnecting connection included
+        # (aio-pika bounds only the confirm): a caller that publishes again (the outbox relay,
+        # a handler's settling) must get its error, not wait on a node that never comes back.
+        async with asyncio.timeout(timeout):
+            if exchange == EVENTS_EXCHANGE and self._exchange is not None:
+                target = self._exchange
+            elif exchange == "":
+                target = channel.default_exchange
+            else:
+                target = await channel.get_exchange(exchange, ensure=False)
+            await target.publish(message, routing_key=routing_key, mandatory=False)
 
     async def publish_event(self, event: events.Message) -> None:
         await self.publish(
