@@ -170,6 +170,9 @@ class OutboxMixin:
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # First handed to the broker (by a relay with a compactor): from then on the row may be out
+    # under its own id, so it is never folded into another message (that would count it twice).
+    relayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class ProcessedMessageMixin:
@@ -339,18 +342,24 @@ class OutboxRelay:
             await self._compact()
         async with self.sessionmaker() as session, session.begin():
             postgres = _is_postgres(session)
-            if postgres or self.compactor is not None:
-                # The rows stay locked until they are marked, publishing included: on PostgreSQL
-                # two processes of one service never publish the same row at once (skip locked);
-                # with a compactor, no other process can fold a row into a merged message
-                # while this one publishes it (on SQLite the write lock does that: the passes
-                # are spaced by ``min_interval``, so it is held only a small share of the time).
+            if self.compactor is not None:
+                # A row is marked relayed, committed, before it is handed to the broker: a
+                # publish whose confirm or mark is lost (a crash, a timeout) may have gone out
+                # under the row's id, and folding the row later into a merged message would
+                # count it twice. Marked relayed, it goes out again only as itself, and the
+                # consumers drop the duplicate by its id.
                 rows = await self._pending(session, lock=postgres)
+                await self._mark_relayed(session, rows)
+            elif postgres:
+                # The rows stay locked until they are marked, publishing included: two
+                # processes of one service never publish the same row at once (skip locked).
+                rows = await self._pending(session, lock=True)
                 await self._publish(rows)
                 await self._mark(session, rows)
                 return len(rows)
-            rows = await self._pending(session, lock=False)
-        # SQLite: publishing outside the transaction, so the write lock is not held while the
+            else:
+                rows = await self._pending(session, lock=False)
+        # Publishing outside the transaction: on SQLite the write lock is not held while the
         # broker confirms (a fan-out's next pages used to queue behind every publish). A crash
         # before the mark, or a second process reading the same rows, publishes a row twice,
         # and consumers drop the duplicate by message id.
@@ -409,6 +418,20 @@ class OutboxRelay:
             )
         )
 
+    async def _mark_relayed(
+        self, session: AsyncSession, rows: Sequence[tuple[str, str, str]]
+    ) -> None:
+        model = self.model
+        ids = [row_id for row_id, _, _ in rows]
+        now = utcnow()
+        for start in range(0, len(ids), 500):
+            await session.execute(
+                update(model)
+                .where(model.id.in_(ids[start : start + 500]), model.relayed_at.is_(None))
+                .values(relayed_at=now)
+                .execution_options(synchronize_session=False)
+            )
+
     async def _mark(self, session: AsyncSession, rows: Sequence[tuple[str, str, str]]) -> None:
         model = self.model
         ids = [row_id for row_id, _, _ in rows]
@@ -432,6 +455,7 @@ class OutboxRelay:
                 select(model.id, model.body)
                 .where(
                     model.published_at.is_(None),
+                    model.relayed_at.is_(None),
                     model.routing_key.in_(self.compactor.routing_keys),
                 )
                 .order_by(model.created_at, model.id)
@@ -445,7 +469,9 @@ class OutboxRelay:
             for ids, merged in self.compactor.merge(pending):
                 await session.execute(
                     delete(model)
-                    .where(model.id.in_(ids), model.published_at.is_(None))
+                    .where(
+                        model.id.in_(ids), model.published_at.is_(None), model.relayed_at.is_(None)
+                    )
                     .execution_options(synchronize_session=False)
                 )
                 session.add(outbox_row(model, merged))

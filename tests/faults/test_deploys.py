@@ -88,11 +88,17 @@ async def _finish_and_settle(faults: FaultStack, token: str, action_id: str) -> 
 
     await eventually(settled, timeout=60, what="every ledger row sent")
 
+    seen: list[object] = []
+
     async def counted() -> bool:
         stats = await faults.stats(token, action_id)
+        seen[:] = [stats["deliveries"]["email"]]
         return bool(stats["deliveries"]["email"]["sent"] == FAN_OUT)
 
-    await eventually(counted, timeout=60, what="the publisher's count")
+    try:
+        await eventually(counted, timeout=60, what="the publisher's count")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the publisher's email deliveries: {seen}") from None
 
 
 async def test_sigterm_mid_fan_out_sends_nothing_twice(far_relay: FaultStack) -> None:

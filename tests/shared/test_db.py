@@ -190,6 +190,48 @@ async def test_relay_compacts_pending_rows_into_one_message_each_and_drops_the_p
     assert await relay.relay_once() == 0
 
 
+async def test_a_row_handed_to_the_broker_is_never_folded_into_a_merged_message(
+    db: tuple[AsyncEngine, async_sessionmaker[AsyncSession]],
+    broker: Broker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A publish that went out but whose mark was lost (a crash right after the confirm, the
+    database away) leaves the row pending: the next pass must send it again as itself (the
+    consumer drops it by its id), never inside a merged message under a new id."""
+    _, sessionmaker = db
+    counts = Recorder()
+    await broker.consume(OTHER.name, counts, [events.AudienceCounted], prefetch=50)
+    action = uuid.uuid4()
+
+    def counted(n: int) -> events.AudienceCounted:
+        return events.AudienceCounted(action_id=action, recipients={"email": n}, by_country={})
+
+    first = counted(1)
+    async with transaction(sessionmaker) as session:
+        session.add(outbox_row(Outbox, first))
+    relay = OutboxRelay(sessionmaker, Outbox, broker, compactor=_AudienceCompactor())
+
+    async def lost_mark(*_: object) -> None:
+        raise ConnectionError("the database went away after the confirm")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(relay, "_mark", lost_mark)
+        with pytest.raises(ConnectionError):
+            await relay.relay_once()
+    await eventually(lambda: len(counts.got) == 1)
+    assert not any((await _published(sessionmaker)).values())
+
+    async with transaction(sessionmaker) as session:
+        session.add_all([outbox_row(Outbox, counted(2)), outbox_row(Outbox, counted(3))])
+    assert await relay.relay_once() == 2  # the first again, as itself; the two new ones merged
+    await eventually(lambda: len(counts.got) == 3)
+    # What a consumer counts, dropping duplicates by message id as every consumer does.
+    by_id = {m.message_id: m for m, _ in counts.got if isinstance(m, events.AudienceCounted)}
+    assert first.message_id in by_id
+    assert sum(m.recipients["email"] for m in by_id.values()) == 6
+    assert all((await _published(sessionmaker)).values())
+
+
 async def test_relay_keeps_rows_while_the_broker_is_away_and_publishes_them_later(
     db: tuple[AsyncEngine, async_sessionmaker[AsyncSession]], broker: Broker, amqp_url: str
 ) -> None:
