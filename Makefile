@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 up: $(STAMP)
 	$(BIN)/uanet up  # migrates, then runs everything
 
+# Two workers, a file each at a time: most of a test's time is waiting on the services.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 # The tests marked slow (minutes each): run before a release and after touching what they guard.
 test-slow: $(STAMP)

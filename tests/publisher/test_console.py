@@ -66,7 +66,14 @@ async def outbox_keys(api: Api) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/actions/new", "/overview", f"/actions/{uuid.uuid4()}", "/actions/x/preview"]
+    "path",
+    [
+        "/",
+        "/actions/new",
+        "/overview",
+        "/actions/0ccb3af3-197b-4e6e-8a80-a261dc4a5288",
+        "/actions/x/preview",
+    ],
 )
 async def test_signed_out_visitors_are_sent_to_the_sign_in_page(sqlite_api: Api, path: str) -> None:
     response = await sqlite_api.client.get(path)
