@@ -278,6 +278,12 @@ def _model_for(routing_key: str, models: Sequence[type[events.Message]]) -> type
     raise Reject(f"no handler for routing key {routing_key!r}")
 
 
+# A reconnected connection whose channels are not back this many seconds after it is up is
+# dropped and made again (see Broker._watch); checked this often.
+RESTORE_TIMEOUT = 20.0
+WATCH_INTERVAL = 2.0
+
+
 class Broker:
     """One robust connection per process: a confirming channel to publish, one per consumer."""
 
@@ -310,6 +316,9 @@ class Broker:
         self._consumers: list[tuple[AbstractQueue, str]] = []
         # Connections lost and made again (to the same node or another), since connect().
         self.reconnections = 0
+        # Connections dropped by the watch because their channels did not come back.
+        self.forced_reconnections = 0
+        self._watch_task: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         # One node of the cluster that answers; another when it goes away (broker_nodes).
@@ -331,10 +340,55 @@ class Broker:
             raise
         connection.reconnect_callbacks.add(self._reconnected)
         self._connection, self._channel, self._exchange = connection, channel, exchange
+        self._watch_task = asyncio.create_task(self._watch(), name=f"broker-watch-{self.name}")
 
     def _reconnected(self, connection: object) -> None:
         self.reconnections += 1
         log.info("reconnected to the broker", extra={"node": self.node})
+
+    def _channels(self) -> list[AbstractChannel]:
+        channels = [self._channel] if self._channel is not None else []
+        return channels + [queue.channel for queue, _ in self._consumers]
+
+    async def _watch(self) -> None:
+        """Drop a connection that is up but whose channels stay closed, so it is made again.
+
+        After a reconnection aio-pika restores each channel (its exchanges, queues, consumers)
+        with broker calls it does not bound. A quorum queue declared while its replicas elect a
+        new leader (the node that led it just went away) was seen never answered: the
+        connection stayed open, the channels never came back, and the process published and
+        consumed nothing from then on. A connection made again declares them anew.
+        """
+        stuck_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            connection = self._connection
+            if connection is None:
+                return
+            transport = connection.transport
+            up = transport is not None and not transport.connection.is_closed
+            if not (up and any(channel.is_closed for channel in self._channels())):
+                stuck_since = None
+                continue
+            now = loop.time()
+            if stuck_since is None:
+                stuck_since = now
+                continue
+            if now - stuck_since < RESTORE_TIMEOUT:
+                continue
+            stuck_since = None
+            self.forced_reconnections += 1
+            log.warning(
+                "broker channels not restored; connecting again",
+                extra={"node": self.node, "after_s": RESTORE_TIMEOUT},
+            )
+            assert transport is not None
+            try:
+                async with asyncio.timeout(5):
+                    await transport.connection.close(ConnectionError("channels not restored"))
+            except Exception:  # noqa: BLE001 - closing is all we want; the next pass looks again
+                log.warning("could not drop the broker connection", exc_info=True)
 
     async def stop_consuming(self) -> None:
         """A graceful stop begins: the broker delivers nothing more to this process (what it
@@ -361,6 +415,11 @@ class Broker:
         if self._handling or self._inflight:
             # A graceful stop: let the handlers under way commit (bounded), then close.
             await self.drain(timeout=drain_timeout)
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
         if self._connection is not None:
             connection, self._connection = self._connection, None
             self._channel = None

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from shared import events
+import pytest
+
+from shared import events, messaging
 from shared.messaging import Broker
 from tests.broker_admin import rabbitmqctl
 from tests.shared.conftest import (
@@ -89,3 +91,52 @@ async def test_consumer_and_publisher_survive_the_broker_closing_connections(
         await eventually(lambda: len(recorder.got) == 3)
     finally:
         await publisher.close()
+
+
+async def test_a_connection_whose_channels_never_come_back_is_made_again(
+    amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RabbitMQ was seen never answering the declare that restores a channel (a quorum queue
+    electing a new leader): the connection is up, its channels closed for good. The broker
+    drops such a connection and makes it again."""
+    monkeypatch.setattr(messaging, "RESTORE_TIMEOUT", 1.0)
+    monkeypatch.setattr(messaging, "WATCH_INTERVAL", 0.2)
+    broker = Broker(amqp_url, name="uanet-test-stuck", queues=TEST_QUEUES)
+    await broker.connect()
+    recorder = Recorder()
+    try:
+        await broker.consume(WORK.name, recorder, [events.SubscriberErased], prefetch=5)
+        channel = broker.channel
+        reopen = channel.reopen
+        hung: list[bool] = []
+
+        async def reopen_that_hangs_once() -> None:
+            connection = broker._connection
+            transport = connection.transport if connection is not None else None
+            if not hung and transport is not None and not transport.connection.is_closed:
+                # Restoring on a connection that is up: a call whose answer never comes ends
+                # only with its connection.
+                hung.append(True)
+                await asyncio.shield(transport.connection.closing)
+            await reopen()
+
+        channel.reopen = reopen_that_hangs_once  # type: ignore[method-assign]
+        await asyncio.to_thread(
+            rabbitmqctl, "close_all_connections", "-p", vhost_of(amqp_url), "test"
+        )
+        await eventually(lambda: hung, timeout=15)
+
+        event = erased()
+
+        async def publish() -> bool:
+            try:
+                await broker.publish_event(event)
+            except Exception:  # noqa: BLE001 - not back yet
+                return False
+            return True
+
+        await eventually(publish, timeout=30, interval=0.2)
+        await eventually(lambda: str(event.message_id) in recorder.ids(), timeout=15)
+        assert broker.forced_reconnections >= 1
+    finally:
+        await broker.close()
