@@ -87,6 +87,8 @@ class BatchContext:
     # Claimed rows given back unsent because the process is stopping.
     released: int = 0
     emails: dict[tuple[str, bool, bool], PreparedEmail] = field(default_factory=dict)
+    # Ledger ids whose outcome is committed: their lease needs no renewal any more.
+    recorded: set[int] = field(default_factory=set)
 
 
 async def send_all(
@@ -219,14 +221,17 @@ async def _record_surely(
 async def _renew_lease(dispatcher: Adapters, context: BatchContext) -> None:
     """Keep this handling's claims alive while it sends (see ``ledger.CLAIM_LEASE``), and
     notice when the action is closed (by whichever dispatcher heard of it)."""
-    ids = list(context.claim.mine.values())
     while True:
         await asyncio.sleep(ledger.LEASE_RENEWAL)
         try:
             # Never beside a record of the same rows: two transactions of one handling
             # locking the same rows in different orders deadlock on PostgreSQL.
             async with context.writing, dispatcher.sessionmaker() as session, session.begin():
-                await ledger.renew(session, token=context.claim.token, ids=ids)
+                # Only the rows still out: a batch in flight for seconds has most of its
+                # outcomes written, and renewing all 500 every second was 6% of the dispatcher.
+                ids = [i for i in context.claim.mine.values() if i not in context.recorded]
+                if ids:
+                    await ledger.renew(session, token=context.claim.token, ids=ids)
                 if context.message_kind != "closed":
                     status = await session.scalar(
                         select(DispatchAction.status).where(DispatchAction.id == context.action_id)
@@ -390,5 +395,6 @@ async def _record(
     async with dispatcher.sessionmaker() as session:
         await ledger.record_outcomes(session, updates, [*reports, *suppressions])
         await session.commit()
+    context.recorded.update(int(row["row_id"]) for row in updates)
     dispatcher.notify()
     return temporary

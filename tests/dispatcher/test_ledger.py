@@ -358,3 +358,45 @@ async def test_sends_in_doubt_never_exceed_the_window_and_all_slots_come_back(
         assert dispatcher.in_doubt.locked() is False
         await dispatcher.in_doubt.acquire()
     assert dispatcher.in_doubt.locked()
+
+
+async def test_the_lease_of_rows_still_out_is_renewed_and_only_theirs(
+    sessionmaker: Maker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a batch sends, the rows it holds keep their lease (another dispatcher must not take
+    them); the rows already recorded are left alone (renewing all 500 every second cost)."""
+    monkeypatch.setattr(ledger, "LEASE_RENEWAL", 0.05)
+    renewed: list[set[int]] = []
+    renew = ledger.renew
+
+    async def spying_renew(session: AsyncSession, *, token: str, ids: list[int]) -> int:
+        renewed.append(set(ids))
+        count = await renew(session, token=token, ids=ids)
+        assert count == len(ids)  # every row asked for was still ours and still out
+        return count
+
+    monkeypatch.setattr(ledger, "renew", spying_renew)
+    people = [recipient() for _ in range(6)]
+    slow = people[-1].address
+
+    class OneSlowRecipient(FakeEmailSender):
+        async def send(self, sender: str, recipient: str, message: bytes) -> SendResult:
+            if recipient == slow:
+                await asyncio.sleep(0.5)  # a relay that takes its time over this one
+            return await super().send(sender, recipient, message)
+
+    email = OneSlowRecipient()
+    dispatcher = make_dispatcher(sessionmaker, email)
+    action = action_published()
+    await dispatcher.handle_action_event(action, AMQP_DELIVERY)
+    await dispatcher.handle_batch(batch(action, people), AMQP_DELIVERY)
+
+    assert len(email.sent) == 6
+    async with sessionmaker() as session:
+        ids = dict(
+            (await session.execute(select(Delivery.subscriber_id, Delivery.id))).tuples().all()
+        )
+    slow_id = ids[str(people[-1].subscriber_id)]
+    assert renewed, "the lease was never renewed"
+    # Once the quick five were recorded, only the slow one was renewed.
+    assert renewed[-1] == {slow_id}
