@@ -361,34 +361,38 @@ class Broker:
         """
         stuck_since: float | None = None
         loop = asyncio.get_running_loop()
-        while True:
+        while self._connection is not None:
             await asyncio.sleep(WATCH_INTERVAL)
-            connection = self._connection
-            if connection is None:
-                return
-            transport = connection.transport
-            up = transport is not None and not transport.connection.is_closed
-            if not (up and any(channel.is_closed for channel in self._channels())):
-                stuck_since = None
-                continue
-            now = loop.time()
-            if stuck_since is None:
-                stuck_since = now
-                continue
-            if now - stuck_since < RESTORE_TIMEOUT:
-                continue
-            stuck_since = None
-            self.forced_reconnections += 1
-            log.warning(
-                "broker channels not restored; connecting again",
-                extra={"node": self.node, "after_s": RESTORE_TIMEOUT},
-            )
-            assert transport is not None
             try:
-                async with asyncio.timeout(5):
-                    await transport.connection.close(ConnectionError("channels not restored"))
-            except Exception:  # noqa: BLE001 - closing is all we want; the next pass looks again
-                log.warning("could not drop the broker connection", exc_info=True)
+                stuck_since = await self._watch_once(stuck_since, loop.time())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the watch must outlive whatever it looks at
+                log.warning("broker watch failed; looking again", exc_info=True)
+                stuck_since = None
+
+    async def _watch_once(self, stuck_since: float | None, now: float) -> float | None:
+        """One look: returns since when the channels have been stuck (None if they are not)."""
+        connection = self._connection
+        transport = connection.transport if connection is not None else None
+        up = transport is not None and not transport.connection.is_closed
+        if transport is None or not up:
+            return None  # reconnecting, or the broker is away: aio-pika's own loop is on it
+        if not any(channel.is_closed for channel in self._channels()):
+            return None
+        if stuck_since is None or now - stuck_since < RESTORE_TIMEOUT:
+            return now if stuck_since is None else stuck_since
+        self.forced_reconnections += 1
+        log.warning(
+            "broker channels not restored; connecting again",
+            extra={"node": self.node, "after_s": RESTORE_TIMEOUT},
+        )
+        try:
+            async with asyncio.timeout(5):
+                await transport.connection.close(ConnectionError("channels not restored"))
+        except Exception:  # noqa: BLE001 - closing is all we want; the next look checks again
+            log.warning("could not drop the broker connection", exc_info=True)
+        return None
 
     async def stop_consuming(self) -> None:
         """A graceful stop begins: the broker delivers nothing more to this process (what it
