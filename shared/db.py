@@ -421,26 +421,23 @@ class OutboxRelay:
     async def _mark_relayed(
         self, session: AsyncSession, rows: Sequence[tuple[str, str, str]]
     ) -> None:
-        model = self.model
-        ids = [row_id for row_id, _, _ in rows]
-        now = utcnow()
-        for start in range(0, len(ids), 500):
-            await session.execute(
-                update(model)
-                .where(model.id.in_(ids[start : start + 500]), model.relayed_at.is_(None))
-                .values(relayed_at=now)
-                .execution_options(synchronize_session=False)
-            )
+        await self._stamp(session, rows, self.model.relayed_at)
 
     async def _mark(self, session: AsyncSession, rows: Sequence[tuple[str, str, str]]) -> None:
+        await self._stamp(session, rows, self.model.published_at)
+
+    async def _stamp(
+        self, session: AsyncSession, rows: Sequence[tuple[str, str, str]], column: Any
+    ) -> None:
+        """Set ``column`` to now on these rows where it is not set yet (500 ids a statement)."""
         model = self.model
         ids = [row_id for row_id, _, _ in rows]
         now = utcnow()
         for start in range(0, len(ids), 500):
             await session.execute(
                 update(model)
-                .where(model.id.in_(ids[start : start + 500]))
-                .values(published_at=now)
+                .where(model.id.in_(ids[start : start + 500]), column.is_(None))
+                .values({column.key: now})
                 .execution_options(synchronize_session=False)
             )
 
