@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from tests.support import SmtpRecorder, free_port
 ROOT = Path(__file__).resolve().parents[2]
 UANET = [sys.executable, "-c", "from uanet_cli.main import main; main()"]
 ACCOUNT_SID = "AC" + "e2e0" * 8
+PR_SET_PDEATHSIG = 1
 AUTH_TOKEN = "e2e-twilio-auth-token"
 
 
@@ -58,7 +60,12 @@ class Stack:
     def start(self, service: str) -> None:
         log = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 - lives with the process
         self.processes[service] = subprocess.Popen(
-            [*UANET, "serve", service], env=self.env, cwd=ROOT, stdout=log, stderr=log
+            [*UANET, "serve", service],
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            preexec_fn=_die_with_parent,
         )
 
     def kill(self, service: str, sig: int = signal.SIGKILL) -> None:
@@ -97,6 +104,13 @@ class Stack:
                 process.kill()
                 process.wait()
         self.processes.clear()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the test process goes (a worker killed by a
+    timeout, a crash), so a service never outlives its test holding database connections and
+    reconnecting to a vhost that is gone; one such orphan per failure made a CI run crawl."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def stack_environment(
@@ -161,14 +175,18 @@ async def open_stack(
     )
     environment.update(env or {})
     stack = Stack(env=environment, smtp=smtp, twilio=twilio, log_dir=log_dir, ports=ports)
-    migrated = await asyncio.to_thread(stack.cli, "migrate")
-    if migrated.returncode != 0:
+    try:
+        migrated = await asyncio.to_thread(stack.cli, "migrate")
+        if migrated.returncode != 0:
+            raise RuntimeError(f"migrate failed: {migrated.stderr}")
+        for service in SERVICES:
+            stack.start(service)
+        for service in SERVICES:
+            await stack.wait_ready(service, timeout=ready_timeout)
+    except BaseException:
+        # A stack that never came up is still stopped: its processes must not outlive the test.
         await close_stack(stack)
-        raise RuntimeError(f"migrate failed: {migrated.stderr}")
-    for service in SERVICES:
-        stack.start(service)
-    for service in SERVICES:
-        await stack.wait_ready(service, timeout=ready_timeout)
+        raise
     return stack
 
 
