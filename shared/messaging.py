@@ -25,6 +25,7 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
+    AbstractRobustChannel,
     AbstractRobustConnection,
 )
 from prometheus_client import Counter
@@ -319,6 +320,8 @@ class Broker:
         # Connections dropped by the watch because their channels did not come back.
         self.forced_reconnections = 0
         self._watch_task: asyncio.Task[None] | None = None
+        # A channel of its own for queue_depth's passive declares.
+        self._probe: AbstractRobustChannel | None = None
 
     async def connect(self) -> None:
         # One node of the cluster that answers; another when it goes away (broker_nodes).
@@ -427,6 +430,7 @@ class Broker:
         if self._connection is not None:
             connection, self._connection = self._connection, None
             self._channel = None
+            self._probe = None
             self._exchange = None
             await connection.close()
 
@@ -482,6 +486,27 @@ class Broker:
             else:
                 target = await channel.get_exchange(exchange, ensure=False)
             await target.publish(message, routing_key=routing_key, mandatory=False)
+
+    async def queue_depth(self, queue_name: str, *, timeout: float = 5.0) -> int | None:
+        """Messages ready in ``queue_name`` (not those delivered and unacked), or None when the
+        broker cannot say now (reconnecting, the queue missing, no permission)."""
+        if self._connection is None or not self.connected:
+            return None
+        try:
+            async with asyncio.timeout(timeout):
+                if self._probe is None or self._probe.is_closed:
+                    self._probe = await self._connection.channel(publisher_confirms=False)
+                # Passive and not robust: asks, declares nothing, and is not re-declared after
+                # a reconnection. A refusal closes only this probing channel.
+                queue = await self._probe.declare_queue(queue_name, passive=True, robust=False)
+        except Exception:  # noqa: BLE001 - a depth we cannot know is not an error of the caller
+            probe, self._probe = self._probe, None
+            if probe is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(probe.close(), 2)
+            return None
+        result = queue.declaration_result
+        return int(result.message_count) if result.message_count is not None else None
 
     async def publish_event(self, event: events.Message) -> None:
         await self.publish(

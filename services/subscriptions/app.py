@@ -16,7 +16,15 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from services.subscriptions import api, consent_pages, letter_pages, osdi, pages, webhooks
+from services.subscriptions import (
+    api,
+    consent_pages,
+    letter_pages,
+    osdi,
+    pacing,
+    pages,
+    webhooks,
+)
 from services.subscriptions.handlers import SubscriptionHandlers
 from services.subscriptions.links import Links
 from services.subscriptions.models import Outbox
@@ -51,7 +59,12 @@ def create_app(settings: Settings) -> FastAPI:
             renderer=renderer,
             notify=runtime.relay.notify,
         )
-        handlers = SubscriptionHandlers(runtime.sessionmaker, links, runtime.relay.notify)
+        handlers = SubscriptionHandlers(
+            runtime.sessionmaker,
+            links,
+            runtime.relay.notify,
+            pace=pacing.paced_by(runtime.broker.queue_depth),
+        )
         try:
             await runtime.start(
                 [

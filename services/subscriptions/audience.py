@@ -28,6 +28,7 @@ from services.subscriptions.models import (
     Outbox,
     Subscriber,
 )
+from services.subscriptions.pacing import Pacer, Unpaced
 from services.subscriptions.schemas import Frequency
 from shared.db import outbox_row, utcnow
 from shared.events import Audience, AudienceCounted, Channel, DeliveryBatch, Recipient
@@ -216,13 +217,17 @@ async def resolve_audience(
     action_id: uuid.UUID,
     notify: Notify,
     page_size: int = PAGE_SIZE,
+    pace: Pacer | None = None,
 ) -> int:
-    """Hand the action's whole audience to the dispatcher; resumes where it stopped.
+    """Hand the action's whole audience to the dispatcher, at its pace (pacing.py); resumes
+    where it stopped.
 
     Returns the number of batches written by this call.
     """
+    pace = pace or Unpaced()
     batches = 0
     while True:
+        await pace.wait()
         async with sessionmaker() as session, session.begin():
             written = await _alert_page(session, links, action_id, page_size)
         if written is None:
@@ -344,12 +349,15 @@ async def send_follow_up(
     default_language: str,
     notify: Notify,
     page_size: int = PAGE_SIZE,
+    pace: Pacer | None = None,
 ) -> int:
     """Send ``message_kind`` to exactly those who received the alert, on the channels they got
-    it on that are still confirmed and not suppressed. Resumable like the alert."""
+    it on that are still confirmed and not suppressed. Resumable and paced like the alert."""
+    pace = pace or Unpaced()
     languages = frozenset(languages)
     batches = 0
     while True:
+        await pace.wait()
         async with sessionmaker() as session, session.begin():
             written = await _follow_up_page(
                 session, links, action_id, message_kind, languages, default_language, page_size

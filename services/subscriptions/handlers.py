@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -24,6 +24,7 @@ from services.subscriptions.models import (
     ProcessedMessage,
     Subscriber,
 )
+from services.subscriptions.pacing import Pacer, Unpaced
 from services.subscriptions.subscriber_events import channel_stopped
 from services.subscriptions.subscribers import Origin, unsubscribe
 from shared import events
@@ -43,6 +44,8 @@ class SubscriptionHandlers:
     links: Links
     notify: audience.Notify
     page_size: int = audience.PAGE_SIZE
+    # The dispatchers' pace (pacing.py); unpaced where no broker is (tests of the loop alone).
+    pace: Pacer = field(default_factory=Unpaced)
 
     async def on_action_event(self, message: events.Message, delivery: Delivery) -> None:
         if isinstance(message, events.ActionPublished):
@@ -89,6 +92,7 @@ class SubscriptionHandlers:
             action_id=event.action_id,
             notify=self.notify,
             page_size=self.page_size,
+            pace=self.pace,
         )
         await self._mark_processed(event.message_id)
 
@@ -147,6 +151,7 @@ class SubscriptionHandlers:
             default_language=event.default_language,
             notify=self.notify,
             page_size=self.page_size,
+            pace=self.pace,
         )
         await self._mark_processed(event.message_id)
 
@@ -197,6 +202,7 @@ class SubscriptionHandlers:
                 default_language=event.default_language,
                 notify=self.notify,
                 page_size=self.page_size,
+                pace=self.pace,
             )
         await self._mark_processed(event.message_id)
 

@@ -1,0 +1,71 @@
+"""Resolving an audience at the dispatchers' pace, not ahead of them.
+
+The page loop (audience.py) reads subscribers faster than the dispatchers send to them. Left
+alone it handed a million-subscriber alert to RabbitMQ in a third of the time the sending took:
+up to 1,100 batches (about 300 MB) waiting in ``dispatcher.batches``, every message the
+dispatchers took then cost them more (docs/performance.md, "The million"), and an urgent action
+published meanwhile queued behind all of it. Before each page the loop now waits while the
+batch queue holds ``ahead`` batches or more: enough that the dispatchers never run dry (at
+3,000 alerts a second, 60 batches of 500 are 10 s of work), few enough that what waits for them
+is bounded whatever the size of the list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+BATCH_QUEUE = "dispatcher.batches"
+# Batches (of up to 500 recipients) waiting for a dispatcher before the page loop waits too.
+AHEAD = 60
+# How often a waiting loop looks again: a batch takes a dispatcher 0.15-0.5 s.
+POLL_S = 0.25
+
+Depth = Callable[[], Awaitable[int | None]]
+
+
+class Pacer(Protocol):
+    async def wait(self) -> None:
+        """Returns when the next page may be written."""
+
+
+@dataclass
+class Pace:
+    """Waits while the dispatchers have ``ahead`` batches or more before them.
+
+    ``depth`` says how many batches wait (None when the broker cannot say: then the loop goes
+    on, as it did before pacing: a fan-out is never held up by the pacing itself).
+    """
+
+    depth: Depth
+    ahead: int = AHEAD
+    poll_s: float = POLL_S
+    waited_s: float = field(default=0.0, init=False)
+
+    async def wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            depth = await self.depth()
+            if depth is None or depth < self.ahead:
+                break
+            await asyncio.sleep(self.poll_s)
+        self.waited_s += loop.time() - started
+
+
+def paced_by(queue_depth: Callable[[str], Awaitable[int | None]]) -> Pace:
+    """The pace of the dispatchers, read from the depth of their batch queue (a service's
+    ``Broker.queue_depth``)."""
+    return Pace(lambda: queue_depth(BATCH_QUEUE), ahead=AHEAD)
+
+
+class Unpaced:
+    """No pacing (tests of the page loop alone, tools)."""
+
+    async def wait(self) -> None:
+        return None

@@ -1,0 +1,85 @@
+"""The page loop goes at the dispatchers' pace: it waits while their batch queue is full."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+from sqlalchemy import insert
+
+from services.subscriptions import pacing
+from services.subscriptions.app import create_app
+from services.subscriptions.models import Subscriber
+from services.subscriptions.pacing import Pace
+from shared.messaging import Broker
+from tests.subscriptions.conftest import PUBLIC_URL, action_published, migrated
+from tests.subscriptions.test_audience import subscriber_row
+
+
+async def test_the_pace_waits_while_the_queue_is_full_and_not_when_it_cannot_tell() -> None:
+    depths = iter([5, 4, 3, 1])
+    asked: list[int | None] = []
+
+    async def depth() -> int | None:
+        value = next(depths)
+        asked.append(value)
+        return value
+
+    pace = Pace(depth, ahead=3, poll_s=0.01)
+    await pace.wait()
+    assert asked == [5, 4, 3, 1]  # waited through 5, 4 and 3; went on at 1
+    assert pace.waited_s > 0
+
+    async def unknown() -> int | None:
+        return None
+
+    await asyncio.wait_for(Pace(unknown, ahead=0).wait(), 1)  # never held up by not knowing
+
+
+async def _ready(channel: aio_pika.abc.AbstractChannel, name: str) -> int:
+    queue = await channel.declare_queue(name, passive=True)
+    return int(queue.declaration_result.message_count or 0)
+
+
+async def test_a_large_audience_waits_for_the_dispatchers_then_goes_on(
+    amqp_url: str, tmp_path: Path, make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2,500 subscribers by email are five pages of one batch each; with one batch allowed
+    ahead, the loop hands over a page (two when it looks before the outbox relay published the
+    first), waits while nobody takes them, and goes on as they are taken."""
+    monkeypatch.setattr(pacing, "AHEAD", 1)
+    database = await migrated(f"sqlite+aiosqlite:///{tmp_path / 'subscriptions.db'}")
+    settings = make_settings(subscriptions_database_url=database, public_url=PUBLIC_URL)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        runtime = app.state.runtime
+        await runtime.wait_started()
+        async with runtime.sessionmaker() as session, session.begin():
+            await session.execute(
+                insert(Subscriber), [subscriber_row(n, sms_status="pending") for n in range(2500)]
+            )
+        publisher = Broker(amqp_url, name="test-publisher")
+        await publisher.connect()
+        connection = await aio_pika.connect(amqp_url)
+        try:
+            await publisher.publish_event(action_published())
+            channel = await connection.channel()
+            taken: list[dict[str, Any]] = []
+            async with asyncio.timeout(60):
+                while len(taken) < 5:
+                    # Nobody takes the batches for a while: the loop must not run ahead.
+                    while await _ready(channel, "dispatcher.batches") == 0:
+                        await asyncio.sleep(0.05)
+                    await asyncio.sleep(1.0)
+                    assert await _ready(channel, "dispatcher.batches") <= 2
+                    queue = await channel.get_queue("dispatcher.batches", ensure=False)
+                    message = await queue.get(no_ack=True)
+                    taken.append(json.loads(message.body))
+        finally:
+            await connection.close()
+            await publisher.close()
+    assert sum(len(batch["recipients"]) for batch in taken) == 2500
