@@ -320,13 +320,15 @@ class WebhookDeliverer:
             delivered_ids = [o.claimed.delivery_id for o in outcomes if o.delivered]
             if delivered_ids:
                 statuses = {o.status for o in outcomes if o.delivered}
+                # One 2xx code for all (the usual case) goes in the one statement.
+                shared_status = next(iter(statuses)) if len(statuses) == 1 else None
                 await session.execute(
                     update(WebhookDelivery)
                     .where(WebhookDelivery.id.in_(delivered_ids))
                     .values(
                         state=DELIVERED,
                         attempts=WebhookDelivery.attempts + 1,
-                        last_status=statuses.pop() if len(statuses) == 1 else None,
+                        last_status=shared_status,
                         last_error=None,
                         next_attempt_at=None,
                         lease_until=None,
@@ -334,7 +336,7 @@ class WebhookDeliverer:
                     )
                     .execution_options(synchronize_session=False)
                 )
-                if len(statuses) > 0:  # several 2xx codes: each row its own
+                if shared_status is None:  # several 2xx codes: each row its own
                     for outcome in outcomes:
                         if outcome.delivered:
                             await session.execute(
