@@ -354,13 +354,16 @@ class Broker:
         return channels + [queue.channel for queue, _ in self._consumers]
 
     async def _watch(self) -> None:
-        """Drop a connection that is up but whose channels stay closed, so it is made again.
+        """Drop a connection that is up but whose channels are not all back, so it is made
+        again.
 
         After a reconnection aio-pika restores each channel (its exchanges, queues, consumers)
         with broker calls it does not bound. A quorum queue declared while its replicas elect a
         new leader (the node that led it just went away) was seen never answered: the
-        connection stayed open, the channels never came back, and the process published and
-        consumed nothing from then on. A connection made again declares them anew.
+        connection stayed open and the process published and consumed nothing from then on.
+        Such a channel is open at the protocol level, so "closed" alone does not show it: a
+        channel still being restored, or a consumer this process started that its channel no
+        longer has, counts as not back. A connection made again declares them anew.
         """
         stuck_since: float | None = None
         loop = asyncio.get_running_loop()
@@ -374,6 +377,22 @@ class Broker:
                 log.warning("broker watch failed; looking again", exc_info=True)
                 stuck_since = None
 
+    def _not_back(self) -> str | None:
+        """Why the channels are not all working (None when they are)."""
+        for channel in self._channels():
+            if channel.is_closed:
+                return "a channel closed"
+            # RobustChannel's own flag: set once its exchanges, queues and consumers are back.
+            restored = getattr(channel, "_RobustChannel__restored", None)
+            if isinstance(restored, asyncio.Event) and not restored.is_set():
+                return "a channel not restored"
+        for queue, tag in self._consumers:
+            underlay = getattr(getattr(queue.channel, "_channel", None), "channel", None)
+            consumers = getattr(underlay, "consumers", None)
+            if isinstance(consumers, dict) and tag not in consumers:
+                return f"no consumer on {queue.name}"
+        return None
+
     async def _watch_once(self, stuck_since: float | None, now: float) -> float | None:
         """One look: returns since when the channels have been stuck (None if they are not)."""
         connection = self._connection
@@ -381,14 +400,15 @@ class Broker:
         up = transport is not None and not transport.connection.is_closed
         if transport is None or not up:
             return None  # reconnecting, or the broker is away: aio-pika's own loop is on it
-        if not any(channel.is_closed for channel in self._channels()):
+        why = self._not_back()
+        if why is None:
             return None
         if stuck_since is None or now - stuck_since < RESTORE_TIMEOUT:
             return now if stuck_since is None else stuck_since
         self.forced_reconnections += 1
         log.warning(
             "broker channels not restored; connecting again",
-            extra={"node": self.node, "after_s": RESTORE_TIMEOUT},
+            extra={"node": self.node, "after_s": RESTORE_TIMEOUT, "why": why},
         )
         try:
             async with asyncio.timeout(5):

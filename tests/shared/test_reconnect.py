@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import pytest
+from aio_pika.robust_queue import RobustQueue
 
 from shared import events, messaging
 from shared.messaging import Broker
@@ -121,6 +122,57 @@ async def test_a_connection_whose_channels_never_come_back_is_made_again(
             await reopen()
 
         channel.reopen = reopen_that_hangs_once  # type: ignore[method-assign]
+        await asyncio.to_thread(
+            rabbitmqctl, "close_all_connections", "-p", vhost_of(amqp_url), "test"
+        )
+        await eventually(lambda: hung, timeout=15)
+
+        event = erased()
+
+        async def publish() -> bool:
+            try:
+                await broker.publish_event(event)
+            except Exception:  # noqa: BLE001 - not back yet
+                return False
+            return True
+
+        await eventually(publish, timeout=30, interval=0.2)
+        await eventually(lambda: str(event.message_id) in recorder.ids(), timeout=15)
+        assert broker.forced_reconnections >= 1
+    finally:
+        await broker.close()
+
+
+async def test_a_channel_open_but_never_restored_is_noticed_and_made_again(
+    amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cluster stall of issue 17: after a reconnection the consumer's channel opened, then
+    the declare that restores its queue was never answered. The channel is open at the protocol
+    level and the connection up, but nothing is consumed: the watch sees the channel not
+    restored (and the consumer missing) and makes the connection again."""
+    monkeypatch.setattr(messaging, "RESTORE_TIMEOUT", 1.0)
+    monkeypatch.setattr(messaging, "WATCH_INTERVAL", 0.2)
+    broker = Broker(amqp_url, name="uanet-test-unrestored", queues=TEST_QUEUES)
+    await broker.connect()
+    recorder = Recorder()
+    try:
+        await broker.consume(WORK.name, recorder, [events.SubscriberErased], prefetch=5)
+        [(queue, _tag)] = broker._consumers
+        restore = RobustQueue.restore
+        hung: list[bool] = []
+
+        async def restore_that_hangs_once(self: RobustQueue, channel: object = None) -> None:
+            if self is queue and not hung:
+                hung.append(True)
+                assert not queue.channel.is_closed  # open, as the stalled clients' were
+                connection = broker._connection
+                assert connection is not None and connection.transport is not None
+                # A call whose answer never comes ends only with its connection.
+                await asyncio.shield(connection.transport.connection.closing)
+            await restore(self)
+
+        # On the class: a queue's attributes are slots.
+        monkeypatch.setattr(RobustQueue, "restore", restore_that_hangs_once)
         await asyncio.to_thread(
             rabbitmqctl, "close_all_connections", "-p", vhost_of(amqp_url), "test"
         )
