@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from shared.messaging import Retry
+
 log = logging.getLogger(__name__)
 
 BATCH_QUEUE = "dispatcher.batches"
@@ -25,6 +27,10 @@ BATCH_QUEUE = "dispatcher.batches"
 AHEAD = 60
 # How often a waiting loop looks again: a batch takes a dispatcher 0.15-0.5 s.
 POLL_S = 0.25
+# No batch taken for this long: the dispatchers are away. The page loop gives its message back
+# (deferred through the delay queue, its retries not used up) instead of holding it unacked
+# for as long as they are away: RabbitMQ's consumer timeout would hand it to a second loop.
+STALL_S = 300.0
 
 Depth = Callable[[], Awaitable[int | None]]
 
@@ -39,23 +45,36 @@ class Pace:
     """Waits while the dispatchers have ``ahead`` batches or more before them.
 
     ``depth`` says how many batches wait (None when the broker cannot say: then the loop goes
-    on, as it did before pacing: a fan-out is never held up by the pacing itself).
+    on, as it did before pacing: a fan-out is never held up by the pacing itself). Raises
+    Retry (deferred) when the queue has not gone down in ``stall_s``.
     """
 
     depth: Depth
     ahead: int = AHEAD
     poll_s: float = POLL_S
+    stall_s: float = STALL_S
     waited_s: float = field(default=0.0, init=False)
 
     async def wait(self) -> None:
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        while True:
-            depth = await self.depth()
-            if depth is None or depth < self.ahead:
-                break
-            await asyncio.sleep(self.poll_s)
-        self.waited_s += loop.time() - started
+        started = progressed_at = loop.time()
+        last: int | None = None
+        try:
+            while True:
+                depth = await self.depth()
+                if depth is None or depth < self.ahead:
+                    return
+                now = loop.time()
+                if last is None or depth < last:
+                    progressed_at = now
+                elif now - progressed_at > self.stall_s:
+                    raise Retry(
+                        f"the dispatchers took no batch in {self.stall_s:.0f} s", defer=True
+                    )
+                last = depth
+                await asyncio.sleep(self.poll_s)
+        finally:
+            self.waited_s += loop.time() - started
 
 
 def paced_by(queue_depth: Callable[[str], Awaitable[int | None]]) -> Pace:

@@ -15,7 +15,7 @@ from services.subscriptions import pacing
 from services.subscriptions.app import create_app
 from services.subscriptions.models import Subscriber
 from services.subscriptions.pacing import Pace
-from shared.messaging import Broker
+from shared.messaging import Broker, Retry
 from tests.subscriptions.conftest import PUBLIC_URL, action_published, migrated
 from tests.subscriptions.test_audience import subscriber_row
 
@@ -38,6 +38,17 @@ async def test_the_pace_waits_while_the_queue_is_full_and_not_when_it_cannot_tel
         return None
 
     await asyncio.wait_for(Pace(unknown, ahead=0).wait(), 1)  # never held up by not knowing
+
+
+async def test_dispatchers_away_give_the_message_back_deferred() -> None:
+    async def full() -> int | None:
+        return 10
+
+    pace = Pace(full, ahead=3, poll_s=0.01, stall_s=0.1)
+    with pytest.raises(Retry) as raised:
+        await pace.wait()
+    assert raised.value.defer  # its retries are not used up: the dispatchers come back
+    assert "took no batch" in raised.value.reason
 
 
 async def _ready(channel: aio_pika.abc.AbstractChannel, name: str) -> int:
