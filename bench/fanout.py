@@ -31,6 +31,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import aio_pika
 import aiosmtplib
 import httpx
 
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from bench.scratch import Scratch, scratch  # noqa: E402
 from devtools.latency_proxy import start_latency_proxy  # noqa: E402
 from devtools.twilio_fake import FakeTwilio  # noqa: E402
+from services.subscriptions.pacing import BATCH_QUEUE  # noqa: E402
 from shared.settings import SERVICES, Settings  # noqa: E402
 from tests.e2e.stack import (  # noqa: E402
     ACCOUNT_SID,
@@ -266,6 +268,20 @@ async def run(n: int, postgres: bool, concurrency: int, keep: bool, method: Meth
         await _run(infra, n, postgres, concurrency, method)
 
 
+async def peak_depth(amqp_url: str, queue: str, peak: list[int]) -> None:
+    """Sample the ready messages of ``queue`` every second into ``peak[0]`` (until cancelled):
+    how far the audience's resolution ran ahead of the sending."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        while True:
+            declared = await channel.declare_queue(queue, passive=True)
+            peak[0] = max(peak[0], int(declared.declaration_result.message_count or 0))
+            await asyncio.sleep(1)
+    finally:
+        await connection.close()
+
+
 async def _run(infra: Scratch, n: int, postgres: bool, concurrency: int, method: Method) -> None:
     workdir, urls, databases = infra.workdir, infra.database_urls, infra.databases
     sink = SmtpSink(free_port())
@@ -296,9 +312,14 @@ async def _run(infra: Scratch, n: int, postgres: bool, concurrency: int, method:
             published_at = time.monotonic()
             response = await client.post(f"{api}/{action_id}/publish", headers=auth)
             assert response.status_code == 200, response.text
+        depth = [0]
+        sampling = asyncio.create_task(peak_depth(infra.amqp_url, BATCH_QUEUE, depth))
         # Ten minutes, or 100 a second on a busy machine (a million took 20 minutes at 845/s).
         patience = max(600, n / 100)
-        last_at = await asyncio.to_thread(sink.wait_for, n, patience)
+        try:
+            last_at = await asyncio.to_thread(sink.wait_for, n, patience)
+        finally:
+            sampling.cancel()
         if last_at is None or sink.first_at is None:
             raise SystemExit(f"only {sink.count} of {n} arrived in {patience:.0f} s")
         memory = {s: peak_memory_mb(p.pid) for s, p in stack.processes.items()}
@@ -344,6 +365,7 @@ async def _run(infra: Scratch, n: int, postgres: bool, concurrency: int, method:
                 )
         for service, mb in memory.items():
             print(f"peak memory (VmHWM) {service}: {mb:.0f} MB")
+        print(f"peak depth of {BATCH_QUEUE}: {depth[0]} batches")
         for path in sorted(workdir.glob("*.db*")):
             print(f"file {path.name}: {path.stat().st_size / 1e6:.0f} MB")
         for service, seconds in cpu.items():
