@@ -65,7 +65,15 @@ IDLE_BEFORE_PING = 10.0
 _IDLE_SINCE = "uanet_idle_since"
 
 
-def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
+# PostgreSQL connections one process opens at most, unless told (UANET_DATABASE_CONNECTIONS).
+DEFAULT_CONNECTIONS = 20
+# Of those, kept open while idle; the rest are opened for a burst and closed after it.
+KEPT_CONNECTIONS = 10
+
+
+def make_engine(url: str, *, connections: int = DEFAULT_CONNECTIONS, **kwargs: Any) -> AsyncEngine:
+    """An engine for ``url``; on PostgreSQL it opens at most ``connections`` at once (every
+    process of every service counts against the server's max_connections)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -103,7 +111,10 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    engine = create_async_engine(url, pool_size=10, max_overflow=10, hide_parameters=True, **kwargs)
+    kept = min(KEPT_CONNECTIONS, connections)
+    engine = create_async_engine(
+        url, pool_size=kept, max_overflow=connections - kept, hide_parameters=True, **kwargs
+    )
 
     # Pre-ping only a connection that sat in the pool a while: SQLAlchemy's pool_pre_ping costs
     # three round trips at every checkout on asyncpg (BEGIN, a query, ROLLBACK), as much as the

@@ -50,7 +50,10 @@ class ServiceRuntime:
     _started: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        self.engine = make_engine(self.settings.database_url(self.service))
+        self.engine = make_engine(
+            self.settings.database_url(self.service),
+            connections=self.settings.database_connections,
+        )
         self.sessionmaker = make_sessionmaker(self.engine)
         self.broker = Broker(
             self.settings.service_amqp_url(self.service),

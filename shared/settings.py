@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     publisher_database_url: str = "sqlite+aiosqlite:///var/publisher.db"
     subscriptions_database_url: str = "sqlite+aiosqlite:///var/subscriptions.db"
     dispatcher_database_url: str = "sqlite+aiosqlite:///var/dispatcher.db"
+    # PostgreSQL connections one process opens at most: every process of every service counts
+    # against the server's max_connections (100 by default), so replicas need smaller pools.
+    database_connections: int = Field(20, ge=2, le=500)
     publisher_port: int = Field(8001, ge=1, le=65535)
     subscriptions_port: int = Field(8002, ge=1, le=65535)
     dispatcher_port: int = Field(8003, ge=1, le=65535)

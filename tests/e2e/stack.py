@@ -138,6 +138,8 @@ def stack_environment(
             "UANET_TWILIO_API_BASE": twilio_base,
             "UANET_EMAIL_RATE": "0",
             "UANET_SMS_RATE": "0",
+            # Two test workers, up to five processes a stack on PostgreSQL: under its 100.
+            "UANET_DATABASE_CONNECTIONS": "10",
             "PYTHONUNBUFFERED": "1",
         }
     )

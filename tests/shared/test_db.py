@@ -343,6 +343,28 @@ async def test_a_pooled_postgres_connection_dropped_while_idle_is_replaced(
         await admin.dispose()
 
 
+async def test_a_process_opens_at_most_its_share_of_postgres_connections(
+    pg_database: Callable[[], str],
+) -> None:
+    """UANET_DATABASE_CONNECTIONS bounds a process's pool: a burst past it waits for a
+    connection instead of opening more (the server's max_connections is shared by every
+    process of every service)."""
+    url = pg_database()
+    engine = make_engine(url, connections=3)
+    try:
+        backends: set[int] = set()
+
+        async def hold() -> None:
+            async with engine.connect() as conn:
+                backends.add(await conn.scalar(text("SELECT pg_backend_pid()")))
+                await asyncio.sleep(0.2)
+
+        await asyncio.gather(*(hold() for _ in range(8)))
+        assert len(backends) == 3
+    finally:
+        await engine.dispose()
+
+
 async def test_published_rows_are_deleted_after_the_retention(
     db: tuple[AsyncEngine, async_sessionmaker[AsyncSession]], broker: Broker
 ) -> None:

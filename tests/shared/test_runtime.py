@@ -41,3 +41,15 @@ async def test_runtime_relays_the_outbox_to_its_consumers_and_reports_ready(
     finally:
         await runtime.stop()
     assert (await runtime.ready())["broker"] is False
+
+
+def test_a_service_process_pools_as_many_postgres_connections_as_it_is_told(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(
+        publisher_database_url="postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+        database_connections=6,
+    )
+    runtime = ServiceRuntime("publisher", settings, Outbox)
+    pool = runtime.engine.pool
+    assert pool.size() + pool._max_overflow == 6  # type: ignore[attr-defined]

@@ -6,7 +6,12 @@ from shared.settings import SettingsError, load_settings
 
 
 def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("UANET_AMQP_URL", "UANET_PUBLIC_URL", "UANET_PUBLISHER_PORT"):
+    for name in (
+        "UANET_AMQP_URL",
+        "UANET_PUBLIC_URL",
+        "UANET_PUBLISHER_PORT",
+        "UANET_DATABASE_CONNECTIONS",
+    ):
         monkeypatch.delenv(name, raising=False)
     settings = load_settings()
     assert settings.amqp_url == "amqp://guest:guest@localhost:5672/"
@@ -19,6 +24,7 @@ def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.public_url == "http://localhost:8002"
     assert settings.twilio_api_base == "https://api.twilio.com"
     assert not settings.twilio_enabled
+    assert settings.database_connections == 20
 
 
 @pytest.mark.parametrize(
@@ -34,6 +40,7 @@ def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
         ("UANET_CONFIRMATION_SMS_PER_HOUR", "-5"),
         ("UANET_SIGNUP_ORIGINS", "https://campaign.example.org/page"),
         ("UANET_SIGNUP_ORIGINS", "campaign.example.org"),
+        ("UANET_DATABASE_CONNECTIONS", "1"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_the_variable(
