@@ -31,12 +31,14 @@ async def _publish_until_confirmed(broker: Broker, event: events.Message) -> int
             await asyncio.sleep(0.2)
 
 
-# Slow, and not in `make test`: about one run in four on a loaded machine the clients reconnect
-# to a surviving node before the quorum queues have new leaders and then stop making progress
-# with the connection up and the channels open (Broker's watch does not see it). Diagnosed no
-# further than the nodes' logs; `make test-slow` runs it.
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
+# About one run in four on a loaded machine (6 December), the clients reconnected to a surviving
+# node before the quorum queues had new leaders, and then consumed nothing with the connection up
+# and the channel open. The likeliest cause, not caught in the act since (0 stalls in 10 runs
+# under load on 7 December): the call that restores the consumer's queue went unanswered, which
+# aio-pika awaits without a bound (tests/shared/test_reconnect.py reproduces that). Broker's
+# watch now counts a channel not restored, or a consumer missing from its channel, as not back
+# and connects again after RESTORE_TIMEOUT; the 90 s below leave room for that.
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("loss", ["stop", "kill"])
 async def test_a_node_lost_mid_stream_loses_nothing(
     rabbit_cluster: RabbitCluster, cluster_url: str, cluster_vhost: str, loss: str
