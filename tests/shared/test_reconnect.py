@@ -94,6 +94,28 @@ async def test_consumer_and_publisher_survive_the_broker_closing_connections(
         await publisher.close()
 
 
+async def _stuck_then_made_again(
+    broker: Broker, recorder: Recorder, amqp_url: str, hung: list[bool]
+) -> None:
+    """Drop the broker's connections; once its restoring is stuck (``hung``), the broker must
+    publish and consume again, by a connection its watch made anew."""
+    await asyncio.to_thread(rabbitmqctl, "close_all_connections", "-p", vhost_of(amqp_url), "test")
+    await eventually(lambda: hung, timeout=15)
+
+    event = erased()
+
+    async def publish() -> bool:
+        try:
+            await broker.publish_event(event)
+        except Exception:  # noqa: BLE001 - not back yet
+            return False
+        return True
+
+    await eventually(publish, timeout=30, interval=0.2)
+    await eventually(lambda: str(event.message_id) in recorder.ids(), timeout=15)
+    assert broker.forced_reconnections >= 1
+
+
 async def test_a_connection_whose_channels_never_come_back_is_made_again(
     amqp_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -122,23 +144,7 @@ async def test_a_connection_whose_channels_never_come_back_is_made_again(
             await reopen()
 
         channel.reopen = reopen_that_hangs_once  # type: ignore[method-assign]
-        await asyncio.to_thread(
-            rabbitmqctl, "close_all_connections", "-p", vhost_of(amqp_url), "test"
-        )
-        await eventually(lambda: hung, timeout=15)
-
-        event = erased()
-
-        async def publish() -> bool:
-            try:
-                await broker.publish_event(event)
-            except Exception:  # noqa: BLE001 - not back yet
-                return False
-            return True
-
-        await eventually(publish, timeout=30, interval=0.2)
-        await eventually(lambda: str(event.message_id) in recorder.ids(), timeout=15)
-        assert broker.forced_reconnections >= 1
+        await _stuck_then_made_again(broker, recorder, amqp_url, hung)
     finally:
         await broker.close()
 
@@ -173,22 +179,6 @@ async def test_a_channel_open_but_never_restored_is_noticed_and_made_again(
 
         # On the class: a queue's attributes are slots.
         monkeypatch.setattr(RobustQueue, "restore", restore_that_hangs_once)
-        await asyncio.to_thread(
-            rabbitmqctl, "close_all_connections", "-p", vhost_of(amqp_url), "test"
-        )
-        await eventually(lambda: hung, timeout=15)
-
-        event = erased()
-
-        async def publish() -> bool:
-            try:
-                await broker.publish_event(event)
-            except Exception:  # noqa: BLE001 - not back yet
-                return False
-            return True
-
-        await eventually(publish, timeout=30, interval=0.2)
-        await eventually(lambda: str(event.message_id) in recorder.ids(), timeout=15)
-        assert broker.forced_reconnections >= 1
+        await _stuck_then_made_again(broker, recorder, amqp_url, hung)
     finally:
         await broker.close()
