@@ -7,13 +7,15 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from twilio.request_validator import RequestValidator
 
@@ -22,6 +24,7 @@ from services.subscriptions.links import Links
 from services.subscriptions.models import ActionRecipient, KnownAction, Outbox, Subscriber
 from shared import events
 from shared.migrations import upgrade
+from shared.runtime import ServiceRuntime
 from shared.settings import Settings
 from shared.tokens import LinkSigner
 from tests.conftest import SECRET
@@ -41,6 +44,22 @@ async def migrated(url: str) -> str:
 @pytest.fixture
 async def subscriptions_db(database_url: Callable[[str], str]) -> str:
     return await migrated(database_url("subscriptions"))
+
+
+@asynccontextmanager
+async def running_service(
+    settings_for: Callable[..., Settings], folder: Path, subscribers: list[dict[str, Any]]
+) -> AsyncIterator[ServiceRuntime]:
+    """The service on a real broker (``settings_for`` is the ``make_settings`` fixture), on a
+    migrated SQLite file in ``folder`` holding ``subscribers`` (rows), started and consuming."""
+    database = await migrated(f"sqlite+aiosqlite:///{folder / 'subscriptions.db'}")
+    app = create_app(settings_for(subscriptions_database_url=database, public_url=PUBLIC_URL))
+    async with app.router.lifespan_context(app):
+        runtime: ServiceRuntime = app.state.runtime
+        await runtime.wait_started()
+        async with runtime.sessionmaker() as session, session.begin():
+            await session.execute(insert(Subscriber), subscribers)
+        yield runtime
 
 
 def service_settings(database: str, **overrides: Any) -> Settings:

@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
-from services.subscriptions.app import create_app
 from services.subscriptions.models import Subscriber
 from shared import events
 from shared.messaging import Broker
-from tests.subscriptions.conftest import PUBLIC_URL, action_published, migrated
+from tests.subscriptions.conftest import action_published, running_service
 from tests.subscriptions.test_audience import subscriber_row
 
 WAIT = 30.0  # seconds before giving up on a message that should come
@@ -37,21 +36,12 @@ async def take(channel: aio_pika.abc.AbstractChannel, queue_name: str, count: in
 async def test_action_published_reaches_the_dispatcher_and_the_tally(
     amqp_url: str, tmp_path: Path, make_settings: Any
 ) -> None:
-    database = await migrated(f"sqlite+aiosqlite:///{tmp_path / 'subscriptions.db'}")
-    settings = make_settings(subscriptions_database_url=database, public_url=PUBLIC_URL)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        runtime = app.state.runtime
-        await runtime.wait_started()
-        async with runtime.sessionmaker() as session, session.begin():
-            await session.execute(
-                insert(Subscriber),
-                [
-                    subscriber_row(1, country="GB"),
-                    subscriber_row(2, country="IE", sms_status="pending"),
-                    subscriber_row(3, country="FR"),
-                ],
-            )
+    subscribers = [
+        subscriber_row(1, country="GB"),
+        subscriber_row(2, country="IE", sms_status="pending"),
+        subscriber_row(3, country="FR"),
+    ]
+    async with running_service(make_settings, tmp_path, subscribers) as runtime:
         publisher = Broker(amqp_url, name="test-publisher")
         await publisher.connect()
         try:

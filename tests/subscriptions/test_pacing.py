@@ -9,14 +9,11 @@ from typing import Any
 
 import aio_pika
 import pytest
-from sqlalchemy import insert
 
 from services.subscriptions import pacing
-from services.subscriptions.app import create_app
-from services.subscriptions.models import Subscriber
 from services.subscriptions.pacing import Pace
 from shared.messaging import Broker, Retry
-from tests.subscriptions.conftest import PUBLIC_URL, action_published, migrated
+from tests.subscriptions.conftest import action_published, running_service
 from tests.subscriptions.test_audience import subscriber_row
 
 
@@ -63,16 +60,8 @@ async def test_a_large_audience_waits_for_the_dispatchers_then_goes_on(
     ahead, the loop hands over a page (two when it looks before the outbox relay published the
     first), waits while nobody takes them, and goes on as they are taken."""
     monkeypatch.setattr(pacing, "AHEAD", 1)
-    database = await migrated(f"sqlite+aiosqlite:///{tmp_path / 'subscriptions.db'}")
-    settings = make_settings(subscriptions_database_url=database, public_url=PUBLIC_URL)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        runtime = app.state.runtime
-        await runtime.wait_started()
-        async with runtime.sessionmaker() as session, session.begin():
-            await session.execute(
-                insert(Subscriber), [subscriber_row(n, sms_status="pending") for n in range(2500)]
-            )
+    by_email = [subscriber_row(n, sms_status="pending") for n in range(2500)]
+    async with running_service(make_settings, tmp_path, by_email):
         publisher = Broker(amqp_url, name="test-publisher")
         await publisher.connect()
         connection = await aio_pika.connect(amqp_url)
