@@ -112,9 +112,9 @@ async def eventually(
     while True:
         result = probe()
         if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
-            result = await result  # type: ignore[misc]
+            result = await result
         if result:
-            return result  # type: ignore[return-value]
+            return result
         last = result
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
