@@ -2,12 +2,12 @@
 
 The page loop (audience.py) reads subscribers faster than the dispatchers send to them. Left
 alone it handed a million-subscriber alert to RabbitMQ in a third of the time the sending took:
-up to 1,100 batches (about 300 MB) waiting in ``dispatcher.batches``, every message the
-dispatchers took then cost them more (docs/performance.md, "The million"), and an urgent action
-published meanwhile queued behind all of it. Before each page the loop now waits while the
-batch queue holds ``ahead`` batches or more: enough that the dispatchers never run dry (at
-3,000 alerts a second, 60 batches of 500 are 10 s of work), few enough that what waits for them
-is bounded whatever the size of the list.
+up to 1,100 batches (about 300 MB) waiting in ``dispatcher.batches``, and an urgent action
+published meanwhile queued behind all of it (what it cost the dispatchers a message:
+docs/performance.md, "the million at the dispatchers' pace"). Before each page the loop now
+waits while the batch queue holds ``ahead`` batches or more: enough that the dispatchers never
+run dry (at 3,000 alerts a second, 60 batches of 500 are 10 s of work), few enough that what
+waits for them is bounded whatever the size of the list.
 """
 
 from __future__ import annotations
