@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 from aio_pika.robust_queue import RobustQueue
@@ -94,6 +95,31 @@ async def test_consumer_and_publisher_survive_the_broker_closing_connections(
         await publisher.close()
 
 
+@pytest.fixture
+async def watched(
+    amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Broker, Recorder]]:
+    """A broker consuming WORK into a recorder, its watch looking every 0.2 s and giving
+    restoring 1 s."""
+    monkeypatch.setattr(messaging, "RESTORE_TIMEOUT", 1.0)
+    monkeypatch.setattr(messaging, "WATCH_INTERVAL", 0.2)
+    broker = Broker(amqp_url, name="uanet-test-watched", queues=TEST_QUEUES)
+    await broker.connect()
+    recorder = Recorder()
+    try:
+        await broker.consume(WORK.name, recorder, [events.SubscriberErased], prefetch=5)
+        yield broker, recorder
+    finally:
+        await broker.close()
+
+
+async def _until_dropped(broker: Broker) -> None:
+    """What a broker call whose answer never comes does: it ends only with its connection."""
+    connection = broker._connection
+    assert connection is not None and connection.transport is not None
+    await asyncio.shield(connection.transport.connection.closing)
+
+
 async def _stuck_then_made_again(
     broker: Broker, recorder: Recorder, amqp_url: str, hung: list[bool]
 ) -> None:
@@ -117,68 +143,52 @@ async def _stuck_then_made_again(
 
 
 async def test_a_connection_whose_channels_never_come_back_is_made_again(
-    amqp_url: str, monkeypatch: pytest.MonkeyPatch
+    amqp_url: str, watched: tuple[Broker, Recorder]
 ) -> None:
     """RabbitMQ was seen never answering the declare that restores a channel (a quorum queue
     electing a new leader): the connection is up, its channels closed for good. The broker
     drops such a connection and makes it again."""
-    monkeypatch.setattr(messaging, "RESTORE_TIMEOUT", 1.0)
-    monkeypatch.setattr(messaging, "WATCH_INTERVAL", 0.2)
-    broker = Broker(amqp_url, name="uanet-test-stuck", queues=TEST_QUEUES)
-    await broker.connect()
-    recorder = Recorder()
-    try:
-        await broker.consume(WORK.name, recorder, [events.SubscriberErased], prefetch=5)
-        channel = broker.channel
-        reopen = channel.reopen
-        hung: list[bool] = []
+    broker, recorder = watched
+    channel = broker.channel
+    reopen = channel.reopen
+    hung: list[bool] = []
 
-        async def reopen_that_hangs_once() -> None:
-            connection = broker._connection
-            transport = connection.transport if connection is not None else None
-            if not hung and transport is not None and not transport.connection.is_closed:
-                # Restoring on a connection that is up: a call whose answer never comes ends
-                # only with its connection.
-                hung.append(True)
-                await asyncio.shield(transport.connection.closing)
-            await reopen()
+    async def reopen_that_hangs_once() -> None:
+        connection = broker._connection
+        transport = connection.transport if connection is not None else None
+        if not hung and transport is not None and not transport.connection.is_closed:
+            hung.append(True)  # restoring on a connection that is up
+            await _until_dropped(broker)
+        await reopen()
 
-        channel.reopen = reopen_that_hangs_once  # type: ignore[method-assign]
-        await _stuck_then_made_again(broker, recorder, amqp_url, hung)
-    finally:
-        await broker.close()
+    channel.reopen = reopen_that_hangs_once  # type: ignore[method-assign]
+    await _stuck_then_made_again(broker, recorder, amqp_url, hung)
 
 
 async def test_a_channel_open_but_never_restored_is_noticed_and_made_again(
-    amqp_url: str, monkeypatch: pytest.MonkeyPatch
+    amqp_url: str, watched: tuple[Broker, Recorder], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The cluster stall of issue 17: after a reconnection the consumer's channel opened, then
     the declare that restores its queue was never answered. The channel is open at the protocol
     level and the connection up, but nothing is consumed: the watch sees the channel not
     restored (and the consumer missing) and makes the connection again."""
-    monkeypatch.setattr(messaging, "RESTORE_TIMEOUT", 1.0)
-    monkeypatch.setattr(messaging, "WATCH_INTERVAL", 0.2)
-    broker = Broker(amqp_url, name="uanet-test-unrestored", queues=TEST_QUEUES)
-    await broker.connect()
-    recorder = Recorder()
-    try:
-        await broker.consume(WORK.name, recorder, [events.SubscriberErased], prefetch=5)
-        [(queue, _tag)] = broker._consumers
-        restore = RobustQueue.restore
-        hung: list[bool] = []
+    broker, recorder = watched
+    [(queue, _tag)] = broker._consumers
+    restore = RobustQueue.restore
+    hung: list[bool] = []
 
-        async def restore_that_hangs_once(self: RobustQueue, channel: object = None) -> None:
-            if self is queue and not hung:
-                hung.append(True)
-                assert not queue.channel.is_closed  # open, as the stalled clients' were
-                connection = broker._connection
-                assert connection is not None and connection.transport is not None
-                # A call whose answer never comes ends only with its connection.
-                await asyncio.shield(connection.transport.connection.closing)
-            await restore(self)
+    async def restore_that_hangs_once(self: RobustQueue, channel: object = None) -> None:
+        if self is queue and not hung:
+            hung.append(True)
+            # The stall as seen: every other channel back and open. aio-pika restores the
+            # channels one after another in no set order; restored here first, they are.
+            for other in broker._channels():
+                if other is not queue.channel:
+                    await other.restore()  # type: ignore[attr-defined]
+            assert not any(channel.is_closed for channel in broker._channels())
+            await _until_dropped(broker)
+        await restore(self)
 
-        # On the class: a queue's attributes are slots.
-        monkeypatch.setattr(RobustQueue, "restore", restore_that_hangs_once)
-        await _stuck_then_made_again(broker, recorder, amqp_url, hung)
-    finally:
-        await broker.close()
+    # On the class: a queue's attributes are slots.
+    monkeypatch.setattr(RobustQueue, "restore", restore_that_hangs_once)
+    await _stuck_then_made_again(broker, recorder, amqp_url, hung)
