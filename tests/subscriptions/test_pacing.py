@@ -11,8 +11,9 @@ import aio_pika
 import pytest
 
 from services.subscriptions import pacing
-from services.subscriptions.pacing import Pace
+from services.subscriptions.pacing import BATCH_QUEUE, Pace
 from shared.messaging import Broker, Retry
+from tests.shared.conftest import queue_depth
 from tests.subscriptions.conftest import action_published, running_service
 from tests.subscriptions.test_audience import subscriber_row
 
@@ -26,10 +27,11 @@ async def test_the_pace_waits_while_the_queue_is_full_and_not_when_it_cannot_tel
         asked.append(value)
         return value
 
-    pace = Pace(depth, ahead=3, poll_s=0.01)
-    await pace.wait()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await Pace(depth, ahead=3, poll_s=0.01).wait()
     assert asked == [5, 4, 3, 1]  # waited through 5, 4 and 3; went on at 1
-    assert pace.waited_s > 0
+    assert loop.time() - started >= 0.03  # a poll's sleep after each of the three
 
     async def unknown() -> int | None:
         return None
@@ -46,11 +48,6 @@ async def test_dispatchers_away_give_the_message_back_deferred() -> None:
         await pace.wait()
     assert raised.value.defer  # its retries are not used up: the dispatchers come back
     assert "took no batch" in raised.value.reason
-
-
-async def _ready(channel: aio_pika.abc.AbstractChannel, name: str) -> int:
-    queue = await channel.declare_queue(name, passive=True)
-    return int(queue.declaration_result.message_count or 0)
 
 
 async def test_a_large_audience_waits_for_the_dispatchers_then_goes_on(
@@ -72,11 +69,11 @@ async def test_a_large_audience_waits_for_the_dispatchers_then_goes_on(
             async with asyncio.timeout(60):
                 while len(taken) < 5:
                     # Nobody takes the batches for a while: the loop must not run ahead.
-                    while await _ready(channel, "dispatcher.batches") == 0:
+                    while await queue_depth(amqp_url, BATCH_QUEUE) == 0:
                         await asyncio.sleep(0.05)
                     await asyncio.sleep(1.0)
-                    assert await _ready(channel, "dispatcher.batches") <= 2
-                    queue = await channel.get_queue("dispatcher.batches", ensure=False)
+                    assert await queue_depth(amqp_url, BATCH_QUEUE) <= 2
+                    queue = await channel.get_queue(BATCH_QUEUE, ensure=False)
                     message = await queue.get(no_ack=True)
                     taken.append(json.loads(message.body))
         finally:
