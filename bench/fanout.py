@@ -31,7 +31,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import aio_pika
 import aiosmtplib
 import httpx
 
@@ -51,6 +50,7 @@ from tests.e2e.stack import (  # noqa: E402
     stack_environment,
 )
 from tests.faults.harness import ACTION  # noqa: E402
+from tests.shared.conftest import queue_depth  # noqa: E402
 from tests.support import SmtpRecorder, free_port  # noqa: E402
 
 COUNTER = re.compile(rb"mesg=(\d+)")
@@ -177,13 +177,19 @@ async def started(
     return auth, stack.url("publisher") + "/api/v1/actions"
 
 
+async def floor_on(sink: SmtpSink, n: int, connections: int) -> float:
+    """The floor on ``sink``: its rate, once the sink has counted all ``n`` messages."""
+    before = sink.count
+    rate = await floor_rate(sink.port, n, connections, sample_message())
+    assert await asyncio.to_thread(sink.wait_for, before + n, 60) is not None
+    return rate
+
+
 async def floor_on_own_sink(n: int, connections: int) -> float:
     """The floor on a fresh smtp-sink of its own (the run's sink counts the run's messages)."""
     sink = SmtpSink(free_port())
     try:
-        rate = await floor_rate(sink.port, n, connections, sample_message())
-        assert await asyncio.to_thread(sink.wait_for, n, 60) is not None
-        return rate
+        return await floor_on(sink, n, connections)
     finally:
         sink.stop()
 
@@ -282,15 +288,9 @@ async def run(n: int, postgres: bool, concurrency: int, keep: bool, method: Meth
 async def peak_depth(amqp_url: str, queue: str, peak: list[int]) -> None:
     """Sample the ready messages of ``queue`` every second into ``peak[0]`` (until cancelled):
     how far the audience's resolution ran ahead of the sending."""
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        channel = await connection.channel()
-        while True:
-            declared = await channel.declare_queue(queue, passive=True)
-            peak[0] = max(peak[0], int(declared.declaration_result.message_count or 0))
-            await asyncio.sleep(1)
-    finally:
-        await connection.close()
+    while True:
+        peak[0] = max(peak[0], await queue_depth(amqp_url, queue))
+        await asyncio.sleep(1)
 
 
 async def _run(infra: Scratch, n: int, postgres: bool, concurrency: int, method: Method) -> None:
@@ -354,11 +354,7 @@ async def _run(infra: Scratch, n: int, postgres: bool, concurrency: int, method:
         first = sink.first_at - published_at
         total = last_at - published_at
         rate = n / total
-        before = sink.count
-        floor_after = await floor_rate(
-            sink.port, floor_n, method.floor_connections, sample_message()
-        )
-        assert sink.wait_for(before + floor_n, 60) is not None
+        floor_after = await floor_on(sink, floor_n, method.floor_connections)
         floor = (floor_before + floor_after) / 2
         print(
             f"N = {n}, SMTP concurrency {concurrency}, UANET_EMAIL_RATE {method.email_rate}, "
@@ -454,9 +450,7 @@ async def _run_distance(infra: Scratch, n: int, concurrency: int, rtt_ms: float)
             )
         memory = {s: peak_memory_mb(p.pid) for s, p in stack.processes.items()}
         floor_n = min(n, 50_000)
-        before = sink.count
-        floor = await floor_rate(sink.port, floor_n, concurrency, sample_message())
-        assert sink.wait_for(before + floor_n, 60) is not None
+        floor = await floor_on(sink, floor_n, concurrency)
         print(f"ratio {rtt_ms:g} ms / 0 ms: {rates[rtt_ms] / rates[0.0]:.2f}")
         print(f"floor (aiosmtplib alone, loopback, no proxy, {floor_n} messages): {floor:.0f}/s")
         print(
