@@ -20,8 +20,8 @@ from tests.support import SmtpRecorder, free_port
 ROOT = Path(__file__).resolve().parents[2]
 UANET = [sys.executable, "-c", "from uanet_cli.main import main; main()"]
 ACCOUNT_SID = "AC" + "e2e0" * 8
-PR_SET_PDEATHSIG = 1
 AUTH_TOKEN = "e2e-twilio-auth-token"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
