@@ -529,3 +529,17 @@ def client_address(request: Request, trusted_proxies: frozenset[str]) -> str:
             if not _in(hop, trusted_proxies):
                 return hop
     return peer
+
+
+def client_key(address: str) -> str:
+    """What counts as one client: an IPv4 address, or the /64 network of an IPv6 address (an
+    IPv4-mapped IPv6 address is its IPv4 address)."""
+    try:
+        ip = ipaddress.ip_address(address.strip().split("%", 1)[0])
+    except ValueError:
+        return address  # not an address (a test transport's "testclient"): itself
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)

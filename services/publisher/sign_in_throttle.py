@@ -4,6 +4,8 @@ Counted per sign-in email as typed (trimmed, lower case), whether or not it is a
 unknown email gets exactly the answers an account would, so the answers tell no one which
 emails are accounts.
 
+A client address is an IPv4 address or an IPv6 /64 network (``shared.web.client_key``).
+
 - One email from one client address: after ``PAIR_FAILURES`` wrong passwords within the window,
   refused (even the right password) for ``WINDOW_SECONDS``. Someone else's address is not
   refused: an outsider failing on purpose locks out only themselves.

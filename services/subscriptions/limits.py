@@ -10,31 +10,18 @@ confirmation SMS (the dispatcher's ``sms_lane``) are the guards that hold across
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from shared.web import client_key
+
 SIGNUPS_PER_WINDOW = 10
 WINDOW_SECONDS = 600.0
 # Addresses remembered at once; the least recently seen are forgotten first (bounded memory).
 MAX_TRACKED = 50_000
-
-
-def client_key(address: str) -> str:
-    """What counts as one client: an IPv4 address, or the /64 network of an IPv6 address (an
-    IPv4-mapped IPv6 address is its IPv4 address)."""
-    try:
-        ip = ipaddress.ip_address(address.strip().split("%", 1)[0])
-    except ValueError:
-        return address  # not an address (a test transport's "testclient"): itself
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 @dataclass

@@ -76,6 +76,18 @@ async def test_ten_failures_refuse_that_account_from_that_address_only(
     assert (await guesser.sign_in(email)).status_code == 303
 
 
+async def test_an_ipv6_network_is_one_address(
+    email: str, clock: Clock, browsers: dict[str, Browser]
+) -> None:
+    """One host is given a whole /64: each guess from a fresh address in it is the same client."""
+    for n in range(PAIR_FAILURES):
+        answer = await browsers[f"2001:db8:7:1::{n + 1:x}"].sign_in(email, WRONG)
+        assert answer.status_code == 401
+
+    assert (await browsers["2001:db8:7:1:ffff::99"].sign_in(email, WRONG)).status_code == 429
+    assert (await browsers["2001:db8:7:2::1"].sign_in(email)).status_code == 303  # next /64
+
+
 async def test_a_spray_from_many_addresses_is_slowed_per_address(
     email: str, clock: Clock, browsers: dict[str, Browser]
 ) -> None:

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from services.subscriptions.app import create_app
 from services.subscriptions.confirmations import mailbox
-from services.subscriptions.limits import client_key
+from shared.web import client_key
 from tests.subscriptions.conftest import PUBLIC_URL, outbox, path_of, service_settings
 
 CAMPAIGN = "https://campaign.example.org"

@@ -22,7 +22,7 @@ from services.publisher.sessions import (
 )
 from services.publisher.sign_in_throttle import SignInThrottle
 from services.publisher.staff import check_sign_in
-from shared.web import client_address
+from shared.web import client_address, client_key
 
 router = APIRouter(include_in_schema=False)
 
@@ -43,7 +43,9 @@ async def login(request: Request) -> Response:
     password = password if isinstance(password, str) else ""
     target = safe_next(form.get("next"))
     throttle: SignInThrottle = request.app.state.sign_in_throttle
-    address = client_address(request, request.app.state.settings.trusted_proxy_set)
+    # A client is an IPv4 address or an IPv6 /64: one host holds a whole /64, and counted per
+    # address a spray from it would never run out of fresh addresses.
+    address = client_key(client_address(request, request.app.state.settings.trusted_proxy_set))
     failed_context = {"next": target, "email": email}
     async with database_of(request).read() as session:
         # Counted by the email as typed, account or not: the answers tell no one which it is.
