@@ -56,6 +56,14 @@ TOO_MANY_LETTERS = (
     N_("You have sent many letters already"),
     N_("Thank you! You have sent the most letters we can send for one person on this case."),
 )
+# The reply address's check was not sent: that mailbox had its few an hour, or bounced for good.
+CHECK_REFUSED = (
+    N_("We cannot email that address now"),
+    N_(
+        "We have sent that address as many messages as we may for now. Write with your own "
+        "email address, or try again in an hour."
+    ),
+)
 
 
 def _letter_refused(
@@ -120,8 +128,8 @@ async def send_letter(token: str, request: Request, state: StateDep) -> Response
             )
     except IntegrityError:
         outcome = "duplicate"  # the same letter id, raced in by a second submission
-    if outcome == "too_many":
-        title, message = TOO_MANY_LETTERS
+    if outcome in ("too_many", "check_refused"):
+        title, message = TOO_MANY_LETTERS if outcome == "too_many" else CHECK_REFUSED
         return _letter_refused(state, request, as_json, 429, title, message, subscriber.language)
     targets = letters.email_targets(action)
     if outcome == "confirm_email" and not as_json:

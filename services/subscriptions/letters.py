@@ -5,6 +5,9 @@ Whoever holds a forwarded act link can write, so the reply address is believed o
 the subscriber's confirmed email. Any other address first gets one email with a link (signed,
 7 days); the letter goes when that link's button is pressed, with that address as
 ``Reply-To`` (it has shown it is theirs). Until then the letter waits in ``pending_letters``.
+That email goes to an address no one has shown is theirs, with a name the writer chose, so it is
+counted as a sign-up's confirmation is: at most three an hour to one mailbox however its address
+is written (``confirmations``), none to a mailbox that bounced for good.
 
 Sending a letter writes, in one transaction: its record (the dedup key, written when it was
 first posted), the dispatcher's command (``LetterRequested``), the publisher's OSDI outreach
@@ -21,7 +24,7 @@ from typing import Any, Literal
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.subscriptions import store
+from services.subscriptions import confirmations, store
 from services.subscriptions.links import Links
 from services.subscriptions.models import (
     CONFIRMED,
@@ -34,6 +37,7 @@ from services.subscriptions.models import (
 )
 from services.subscriptions.responses import lock_subscriber, record_response
 from services.subscriptions.schemas import LetterCreate
+from services.subscriptions.subscribers import may_ask_to_confirm
 from shared.db import outbox_row, utcnow
 from shared.events import LetterRequested, LetterWritten, Target, TransactionalMessage
 from shared.tokens import CONFIRM_MAX_AGE
@@ -45,7 +49,7 @@ MAX_LETTERS_PER_ACTION = 5
 PENDING_LIFETIME = timedelta(seconds=CONFIRM_MAX_AGE)  # as long as the link works
 
 Refusal = Literal["closed", "deadline_passed", "no_targets"]
-Outcome = Literal["accepted", "duplicate", "too_many", "confirm_email"]
+Outcome = Literal["accepted", "duplicate", "too_many", "confirm_email", "check_refused"]
 
 
 def email_targets(action: KnownAction) -> list[dict[str, Any]]:
@@ -104,6 +108,9 @@ async def request_letter(
         return "duplicate"
     if (written or 0) >= MAX_LETTERS_PER_ACTION:
         return "too_many"
+    asking = not is_confirmed_email(subscriber, letter.email)
+    if asking and not await _may_ask(session, links, letter.email):
+        return "check_refused"
     targets = len(email_targets(action))
     inserted = await store.insert_or_ignore(
         session,
@@ -119,7 +126,7 @@ async def request_letter(
     )
     if not inserted:
         return "duplicate"  # the same form, submitted twice at once
-    if not is_confirmed_email(subscriber, letter.email):
+    if asking:
         await _ask_reply_address(session, links, recipient, subscriber, letter, letter_id, language)
         return "confirm_email"
     await _send(
@@ -132,6 +139,14 @@ async def request_letter(
         sender=(letter.name, letter.email, letter.letter),
     )
     return "accepted"
+
+
+async def _may_ask(session: AsyncSession, links: Links, address: str) -> bool:
+    """Whether the reply address may get its check now (counted when it may)."""
+    suppression = await store.suppression_of(session, address)
+    if not may_ask_to_confirm("email", suppression.reason if suppression else None):
+        return False
+    return await confirmations.take(session, links.signer, address, now=utcnow())
 
 
 async def _ask_reply_address(

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.subscriptions.data_rights import erase_subscriber
@@ -264,6 +264,29 @@ async def test_another_reply_address_gets_one_link_and_the_letter_goes_when_it_i
     assert (report["message_id"], report["count"]) == (letter_id, 2)
     assert (await client.post(link + "x", json={})).status_code == 404
     assert (await client.get("/letters/not-a-token")).status_code == 404
+
+
+async def test_reply_address_checks_count_against_the_mailbox_like_confirmations(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], links: Links
+) -> None:
+    """A forwarded act link must not mail one inbox without end: each spelling of a Gmail
+    mailbox is one mailbox, three checks an hour, and a refused letter is not kept."""
+    _, path = await seed(sessionmaker, links, language="en")
+    spellings = ["victim@gmail.com", "v.ictim@gmail.com", "victim+1@googlemail.com"]
+    for spelling in spellings:
+        asked = await client.post(f"{path}/letter", json={**LETTER, "email": spelling})
+        assert asked.status_code == 202 and asked.json()["status"] == "confirm_email"
+
+    refused = await client.post(f"{path}/letter", json={**LETTER, "email": "Vic.Tim@gmail.com"})
+    page = await client.post(f"{path}/letter", data={**LETTER, "email": "victim+2@gmail.com"})
+
+    assert refused.status_code == 429 and "as many messages" in refused.json()["detail"]
+    assert page.status_code == 429 and "We cannot email that address now" in page.text
+    assert len(await outbox(sessionmaker, "dispatch.message")) == 3
+    other = await client.post(f"{path}/letter", json={**LETTER, "email": "someone@example.com"})
+    assert other.status_code == 202  # the refused ones did not use up the letters allowed
+    async with sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(PendingLetter)) == 4
 
 
 async def test_an_unconfirmed_own_address_is_asked_too(
