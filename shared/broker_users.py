@@ -9,8 +9,8 @@ subscriptions would believe it. So:
 - Every message a service publishes carries the AMQP ``user_id`` property, its own user:
   RabbitMQ refuses a ``user_id`` that is not the connection's user, so the property names the
   real sender (an omitted one is no sender).
-- An event that only one service may send (``ONLY_FROM``: a token issued or revoked by the
-  publisher, an erasure by subscriptions) is acted on only when its ``user_id`` is that
+- An event that only one service may send (``ONLY_FROM``: an action's publication, change or
+  close and a token issued or revoked by the publisher, an erasure by subscriptions) is acted on only when its ``user_id`` is that
   service's user; otherwise it is dead-lettered with the reason. A consumer's own retry (it
   republishes the message to its delay queue, as itself) carries the sender it checked in
   ``x-uanet-sent-by``, believed only on a message from the consumer's own user.
@@ -32,6 +32,12 @@ H_SENT_BY = "x-uanet-sent-by"
 
 # Events only one service may send: routing key -> that service.
 ONLY_FROM: Mapping[str, str] = {
+    # An action's life: a forged one would put words on the public act pages, re-aim the
+    # letters at other officials, or close an action early.
+    events.ActionPublished.ROUTING_KEY: "publisher",
+    events.ActionUpdated.ROUTING_KEY: "publisher",
+    events.ActionClosed.ROUTING_KEY: "publisher",
+    events.ActionTargetsChanged.ROUTING_KEY: "publisher",
     events.ApiTokenIssued.ROUTING_KEY: "publisher",
     events.ApiTokenRevoked.ROUTING_KEY: "publisher",
     events.SubscriberErased.ROUTING_KEY: "subscriptions",
