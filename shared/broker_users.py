@@ -10,10 +10,13 @@ subscriptions would believe it. So:
   RabbitMQ refuses a ``user_id`` that is not the connection's user, so the property names the
   real sender (an omitted one is no sender).
 - An event that only one service may send (``ONLY_FROM``: an action's publication, change or
-  close and a token issued or revoked by the publisher, an erasure by subscriptions) is acted on only when its ``user_id`` is that
-  service's user; otherwise it is dead-lettered with the reason. A consumer's own retry (it
-  republishes the message to its delay queue, as itself) carries the sender it checked in
-  ``x-uanet-sent-by``, believed only on a message from the consumer's own user.
+  close and a token issued or revoked by the publisher, an erasure by subscriptions) is acted
+  on only when its ``user_id`` is that service's user; otherwise it is dead-lettered with the
+  reason. A consumer's own retry (it republishes the message to its delay queue, as itself)
+  carries the sender it checked in ``x-uanet-sent-by``, believed only on a message from the
+  consumer's own user.
+- A service needs the other services' user names, not their passwords: given its own user
+  alone, it infers theirs (``SenderCheck.for_service``).
 
 With one user for every service (development: ``guest``), every sender is that user and the
 check holds trivially.
@@ -66,9 +69,27 @@ class SenderCheck:
     own: str  # the consuming service's own broker user
 
     @classmethod
-    def for_service(cls, amqp_urls: Mapping[str, str], service: str) -> SenderCheck:
-        users = {name: amqp_user(url) for name, url in amqp_urls.items()}
-        return cls(users=users, own=users[service])
+    def for_service(
+        cls, shared_url: str, own_urls: Mapping[str, str | None], service: str
+    ) -> SenderCheck:
+        """``own_urls``: each service's ``UANET_<SERVICE>_AMQP_URL`` where set. A service given
+        only its own user, named ``<prefix>-<service>`` as ``uanet broker users`` names them,
+        takes the others to be ``<prefix>-<other>``: it needs their names, never their
+        passwords (a compromised dispatcher must not hold the publisher's)."""
+        shared_user = amqp_user(shared_url)
+        own_url = own_urls.get(service)
+        own_user = amqp_user(own_url) if own_url else shared_user
+        prefix = own_user.removesuffix(f"-{service}") if own_url else None
+        users: dict[str, str] = {}
+        for name in own_urls:
+            url = own_urls[name]
+            if url:
+                users[name] = amqp_user(url)
+            elif prefix is not None and prefix != own_user:
+                users[name] = f"{prefix}-{name}"
+            else:
+                users[name] = shared_user
+        return cls(users=users, own=own_user)
 
     def sender(self, user_id: str | None, headers: Mapping[str, Any]) -> str | None:
         """Who sent it: the broker-checked ``user_id``, or for our own retry the sender we

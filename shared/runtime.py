@@ -60,7 +60,9 @@ class ServiceRuntime:
             name=f"uanet-{self.service}",
             queues=self._queues(),
             sender_check=SenderCheck.for_service(
-                {name: self.settings.service_amqp_url(name) for name in SERVICES}, self.service
+                self.settings.amqp_url,
+                {name: getattr(self.settings, f"{name}_amqp_url", None) for name in SERVICES},
+                self.service,
             ),
         )
         self.relay = OutboxRelay(self.sessionmaker, self.outbox_model, self.broker)

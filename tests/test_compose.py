@@ -256,3 +256,17 @@ def test_the_cluster_profile_runs_two_processes_of_each_service(
     first, second = environment(compose, service), environment(compose, REPLICAS[service])
     assert first == second  # the same databases, the same cluster
     assert replica["depends_on"] == services[service]["depends_on"]
+
+
+@pytest.mark.parametrize("service", [*SERVICES, *REPLICAS.values()])
+def test_each_process_may_have_its_own_broker_user_and_no_other(
+    compose: dict[str, Any], service: str
+) -> None:
+    """``uanet broker users`` gives each service a user; a process is given its own URL (its
+    password) and never another's: the others' names it infers (shared/broker_users.py)."""
+    env = environment(compose, service)
+    own = f"UANET_{service.split('-')[0].upper()}_AMQP_URL"
+    given = {key for key in env if key.endswith("_AMQP_URL") and key != "UANET_AMQP_URL"}
+    assert given == {own}, f"{service}: {sorted(given)}"
+    with_user = settings_of({**env, own: "amqp://uanet-x:pw@rabbitmq:5672/"})
+    assert with_user.service_amqp_url(service.split("-")[0]).startswith("amqp://uanet-x:")

@@ -50,3 +50,30 @@ def test_with_one_user_for_all_every_sender_is_that_user() -> None:
     check = SenderCheck(users=one, own="guest")
     for key in ONLY_FROM:
         assert check.refusal(key, "guest", {}) == ""
+
+
+def test_a_service_given_only_its_own_user_infers_the_others() -> None:
+    """Each service is given its own URL only: the dispatcher must not hold the publisher's
+    password to know the publisher's name."""
+    shared = "amqp://admin:secret@rabbitmq:5672/"
+    own = {"publisher": None, "subscriptions": None, "dispatcher": None}
+    dispatcher = {**own, "dispatcher": "amqp://uanet-dispatcher:pw@rabbitmq:5672/"}
+
+    check = SenderCheck.for_service(shared, dispatcher, "dispatcher")
+    assert check.own == "uanet-dispatcher"
+    assert check.users == {
+        "publisher": "uanet-publisher",
+        "subscriptions": "uanet-subscriptions",
+        "dispatcher": "uanet-dispatcher",
+    }
+    # A URL given for another service is believed over the inference.
+    given = {**dispatcher, "publisher": "amqp://pub@rabbitmq/"}
+    assert SenderCheck.for_service(shared, given, "dispatcher").users["publisher"] == "pub"
+    # No own user (one user for all), or one not named <prefix>-<service>: the shared user.
+    assert set(SenderCheck.for_service(shared, own, "dispatcher").users.values()) == {"admin"}
+    odd = {**own, "dispatcher": "amqp://mailer:pw@rabbitmq/"}
+    assert SenderCheck.for_service(shared, odd, "dispatcher").users == {
+        "publisher": "admin",
+        "subscriptions": "admin",
+        "dispatcher": "mailer",
+    }
