@@ -80,7 +80,8 @@ async def admin_token_known_everywhere(stack: Stack) -> str:
 
 async def real_resources(stack: Stack, token: str) -> dict[str, list[str]]:
     """Ids and link tokens that name something: a published action and a draft; Ana's act,
-    preferences, unsubscribe and confirm links; Ben, whom the erasure call may erase."""
+    preferences, unsubscribe and confirm links, and a letter's reply-address link; Ben, whom
+    the erasure call may erase."""
     async with httpx.AsyncClient() as client:
         published = await publish_to_a_subscriber(client, stack)
         draft = await client.post(
@@ -95,6 +96,11 @@ async def real_resources(stack: Stack, token: str) -> dict[str, list[str]]:
             json={"email": ben, "country": "FR", "channels": ["email"]},
         )
         assert signed_up.status_code == 202, signed_up.text
+        written = await client.post(
+            published.act_url + "/letter",
+            json={"name": "Ana", "email": "reply@example.org", "letter": "Please release him."},
+        )
+        assert written.status_code == 202 and written.json()["status"] == "confirm_email"
     links = Links(LinkSigner(SECRET), stack.env["UANET_PUBLIC_URL"])
 
     def public_id(address: str) -> uuid.UUID:
@@ -111,12 +117,13 @@ async def real_resources(stack: Stack, token: str) -> dict[str, list[str]]:
         "preferences": [links.preferences(ana).rsplit("/", 1)[1]],
         "unsubscribe": [links.unsubscribe(ana, "email").rsplit("/", 1)[1]],
         "confirm": [links.confirm(ana).rsplit("/", 1)[1]],
+        "letters": [links.letter(uuid.UUID(written.json()["letter_id"])).rsplit("/", 1)[1]],
     }
 
 
 # Which of the real resources each service's operations take.
 PATH_PARAMETERS = {"publisher": ["action_id"], "subscriptions": ["subscriber_id"], "dispatcher": []}
-PAGES = {"subscriptions": ["act", "preferences", "unsubscribe", "confirm"]}
+PAGES = {"subscriptions": ["act", "preferences", "unsubscribe", "confirm", "letters"]}
 
 
 def write_config(path: Path, service: str, resources: dict[str, list[str]]) -> Path:
