@@ -1,7 +1,8 @@
 """Staff sign-in resists guessing without letting an outsider lock staff out (contract §7, §11):
 10 wrong passwords for one account from one address refuse that account there for 15 minutes;
 failures from everywhere only slow each address's tries down, so the owner waits at most a
-minute; an unknown email gets exactly the answers an account gets."""
+minute; an unknown email gets exactly the answers an account gets. Each test runs on the
+throttle of one process (SQLite: in memory) and on the one every process shares (PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from services.publisher.sign_in_store import DatabaseSignInThrottle
 from services.publisher.sign_in_throttle import (
     ACCOUNT_FREE_FAILURES,
     MAX_ACCOUNT_DELAY,
@@ -34,24 +36,29 @@ class Clock:
 
 
 @pytest.fixture
-def clock(sqlite_api: Api) -> Clock:
+def clock(api: Api) -> Clock:
     clock = Clock()
-    sqlite_api.app.state.sign_in_throttle = MemorySignInThrottle(clock=clock)
+    database = api.app.state.database
+    api.app.state.sign_in_throttle = (
+        MemorySignInThrottle(clock=clock)
+        if database.is_sqlite
+        else DatabaseSignInThrottle(database.sessionmaker, clock=clock)
+    )
     return clock
 
 
 @pytest.fixture
-async def email(sqlite_api: Api) -> str:
-    return await make_user(sqlite_api.app, "staff")
+async def email(api: Api) -> str:
+    return await make_user(api.app, "staff")
 
 
 @pytest.fixture
-async def browsers(sqlite_api: Api) -> AsyncIterator[dict[str, Browser]]:
+async def browsers(api: Api) -> AsyncIterator[dict[str, Browser]]:
     opened: dict[str, Browser] = {}
 
     class Open(dict[str, Browser]):
         def __missing__(self, address: str) -> Browser:
-            browser = opened[address] = Browser(sqlite_api.app, address=address)
+            browser = opened[address] = Browser(api.app, address=address)
             return browser
 
     yield Open()
@@ -120,7 +127,7 @@ async def test_unknown_emails_count_against_the_address_not_an_account(
 
 
 async def test_attackers_polling_from_three_addresses_never_keep_the_owner_out_a_minute(
-    sqlite_api: Api, email: str, clock: Clock, browsers: dict[str, Browser]
+    api: Api, email: str, clock: Clock, browsers: dict[str, Browser]
 ) -> None:
     """Three addresses guess as fast as they can without locking themselves out (one wrong
     password each 100 s, 9 in any 15 minutes) and poll every 3 s in between. Once the attack
@@ -146,7 +153,7 @@ async def test_attackers_polling_from_three_addresses_never_keep_the_owner_out_a
     waits: list[float] = []
     observed = clock.now
     while clock.now < observed + 5 * 60:
-        owner = Browser(sqlite_api.app, address="203.0.113.20")
+        owner = Browser(api.app, address="203.0.113.20")
         asked = clock.now
         answer = await owner.sign_in(email)
         while answer.status_code == 429:
