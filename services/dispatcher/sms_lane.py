@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -46,6 +46,10 @@ PATIENCE = 60.0
 # The delay queues a waiting confirmation goes back through (one of dispatcher.messages' own).
 LANE_BUSY_DELAY = 30
 BUDGET_SPENT_DELAY = 600
+# A confirmation SMS still without budget a day after its sign-up is not sent: by then the
+# person has moved on (they may sign up again), and a flood's backlog must not spend the budgets
+# of the days after it.
+BUDGET_MAX_WAIT = timedelta(hours=24)
 
 
 class SharedAlertMark:

@@ -4,6 +4,7 @@ confirmation link or SMS, an SMS answer), sent once whatever the redeliveries.""
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
 
@@ -13,6 +14,7 @@ from services.dispatcher import ledger, metrics
 from services.dispatcher.adapters import Adapters
 from services.dispatcher.identity import MessageRef
 from services.dispatcher.models import (
+    CANCELLED,
     FAILED,
     FINAL_STATES,
     RETRY,
@@ -22,6 +24,7 @@ from services.dispatcher.models import (
     TransactionalDelivery,
 )
 from services.dispatcher.sms_lane import (
+    BUDGET_MAX_WAIT,
     BUDGET_SPENT_DELAY,
     LANE_BUSY_DELAY,
     take_confirmation_budget,
@@ -41,6 +44,20 @@ TEMPLATE_CHANNEL: dict[str, Channel] = {
     "confirm_sms": "sms",
     "sms_reply": "sms",
 }
+
+
+def _expired(key: str, template: str, channel: str, now: datetime) -> TransactionalDelivery:
+    """The ledger row of a message given up on before it was sent (once: a redelivery finds it)."""
+    return TransactionalDelivery(
+        message_id=key,
+        template=template,
+        channel=channel,
+        status=CANCELLED,
+        attempts=0,
+        error_code="expired",
+        created_at=now,
+        updated_at=now,
+    )
 
 
 async def handle_transactional(
@@ -66,6 +83,13 @@ async def handle_transactional(
             ):
                 raise Retry("being sent by another handling")
             if row is None:
+                if (
+                    message.template == "confirm_sms"
+                    and now - message.occurred_at > BUDGET_MAX_WAIT
+                ):
+                    session.add(_expired(key, message.template, channel, now))
+                    log.warning("confirmation SMS not sent: no budget for a day")
+                    return
                 # Counted once per message, when first claimed (a retry is not a new one).
                 if message.template == "confirm_sms" and not await take_confirmation_budget(
                     session, now=now, per_hour=dispatcher.confirmation_sms_per_hour

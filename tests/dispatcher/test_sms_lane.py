@@ -1,6 +1,6 @@
 """The SMS lane (contract §11): alert SMS go before confirmation SMS on the SMS rate, and at most
 ``UANET_CONFIRMATION_SMS_PER_HOUR`` confirmation SMS go out an hour, all dispatchers together
-(counted in the database); the rest wait for the next hour, none is dropped."""
+(counted in the database); the rest wait for the next hour, until a day after their sign-up."""
 
 from __future__ import annotations
 
@@ -13,14 +13,22 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.dispatcher.models import RETRY, SENT, ConfirmationSmsHour, TransactionalDelivery
+from services.dispatcher.models import (
+    CANCELLED,
+    RETRY,
+    SENT,
+    ConfirmationSmsHour,
+    TransactionalDelivery,
+)
 from services.dispatcher.sms_lane import (
+    BUDGET_MAX_WAIT,
     BUDGET_SPENT_DELAY,
     LANE_BUSY_DELAY,
     SharedAlertMark,
     SmsLane,
 )
 from services.dispatcher.throttle import RateLimiter
+from shared.db import utcnow
 from shared.events import TransactionalMessage
 from shared.messaging import Delivery, Retry
 
@@ -107,6 +115,29 @@ async def test_confirmation_sms_stay_within_the_hourly_budget_of_all_dispatchers
     async with sessionmaker() as session:
         hours = (await session.execute(select(ConfirmationSmsHour.sent))).scalars().all()
     assert sorted(hours) == [2, 3]
+
+
+async def test_a_confirmation_that_waited_a_day_for_budget_is_given_up_once(
+    sessionmaker: Maker,
+) -> None:
+    """A flood's backlog must not spend the next days' budgets: a day after the sign-up, a
+    confirmation still waiting is recorded as given up and never sent, whatever redelivers it."""
+    sms = FakeSmsSender()
+    dispatcher = make_dispatcher(sessionmaker, sms=sms)
+    dispatcher.confirmation_sms_per_hour = 1
+    fresh = confirm_sms(1)
+    stale = confirm_sms(2).model_copy(
+        update={"occurred_at": utcnow() - BUDGET_MAX_WAIT - timedelta(minutes=1)}
+    )
+
+    for _ in range(2):  # redelivered: the same answer, nothing counted
+        await dispatcher.handle_transactional(stale, AMQP_DELIVERY)
+    await dispatcher.handle_transactional(fresh, AMQP_DELIVERY)
+
+    assert [to for to, _ in sms.sent] == [fresh.to]  # the budget went to the fresh one
+    async with sessionmaker() as session:
+        row = await session.get(TransactionalDelivery, str(stale.message_id))
+    assert row is not None and (row.status, row.error_code) == (CANCELLED, "expired")
 
 
 async def test_a_confirmation_held_back_by_an_alert_goes_later_and_counts_once(
