@@ -7,6 +7,7 @@ an unknown email is still checked against a hash, so timing does not tell which 
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -24,8 +25,14 @@ MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024  # argon2 would take anything; a megabyte "password" is an attack
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
-# Checked when the email is unknown, so both failures cost the same work.
-_DUMMY_HASH = _hasher.hash("uanet: no such account, same work as a real check")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked when the email is unknown, so both failures cost the same work. Made on first
+    use, not at import: a hash holds 64 MiB for a moment, and every publisher process would pay
+    that peak just to start."""
+    return _hasher.hash("uanet: no such account, same work as a real check")
 
 
 class StaffUserError(ValueError):
@@ -118,7 +125,7 @@ async def check_sign_in(
     password = password[:MAX_PASSWORD_LENGTH]
     if user is None:
         user = await staff_user_by_email(session, email)
-    stored = user.password_hash if user is not None else _DUMMY_HASH
+    stored = user.password_hash if user is not None else _dummy_hash()
     # argon2 takes tens of milliseconds of CPU: off the event loop.
     ok = await asyncio.to_thread(password_matches, stored, password)
     if not ok or user is None or user.disabled_at is not None:
