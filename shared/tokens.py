@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from typing import Any, Literal
 
 from itsdangerous import BadData, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
@@ -47,8 +48,10 @@ class LinkSigner:
         key = self._keys.get(purpose)
         if key is None:
             key = self._keys[purpose] = serializer.make_signer().derive_key()
-        # The same bytes as serializer.dumps(payload): payload, ".", HMAC-SHA1 (base64).
-        value = serializer.dump_payload(payload)
+        # serializer.dumps(payload) without its zlib try: payload (compact JSON, base64), ".",
+        # HMAC-SHA1 (base64). A link's payload is ids, which never compress, so the bytes are
+        # the same; trying cost a third of a fan-out's signing. loads reads both forms.
+        value = base64_encode(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
         signature = base64_encode(hmac.new(key, value, hashlib.sha1).digest())
         return (value + b"." + signature).decode("ascii")
 
