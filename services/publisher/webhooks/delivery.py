@@ -10,6 +10,10 @@ else (a status, a timeout, a refused connection) is tried again after the next w
 failing without a success for ``UANET_WEBHOOK_DISABLE_AFTER`` (5 days) is disabled too.
 
 Memory stays flat whatever waits: a lane holds at most ``PER_ENDPOINT`` events.
+
+Tries in flight are bounded per lane and in all (``slots``): each lane is owed its share of
+``IN_ALL`` and takes its slots before it claims, so a hanging endpoint never makes another's tries
+wait, and no try waits for a slot (or a connection) inside its timeout.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from services.publisher.webhooks.models import (
     WebhookEndpoint,
     WebhookEvent,
 )
+from services.publisher.webhooks.slots import FairSlots
 from services.publisher.webhooks.standard import signed_headers
 from shared.db import utcnow
 from shared.sealing import InvalidToken, unseal
@@ -109,7 +114,7 @@ class WebhookDeliverer:
         self._client = client
         self._lanes: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._wakes: dict[uuid.UUID, asyncio.Event] = {}
-        self._in_all = asyncio.Semaphore(IN_ALL)
+        self._slots = FairSlots(IN_ALL, PER_ENDPOINT)
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_purge: float | None = None
@@ -121,11 +126,13 @@ class WebhookDeliverer:
             return
         if self._client is None:
             # aiohttp (already here for twilio's client): a sixth of httpx's CPU a request,
-            # which was most of a delivery's cost. Connections kept per endpoint.
+            # which was most of a delivery's cost. No connection limits: aiohttp counts them per
+            # host:port, not per endpoint (two Zapier hooks would share one pool), and waiting for
+            # a pooled connection counts against the timeout. The lanes' slots bound the tries.
             self._client = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=TIMEOUT),
                 headers={"user-agent": USER_AGENT},
-                connector=aiohttp.TCPConnector(limit=IN_ALL, limit_per_host=PER_ENDPOINT),
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
             )
         self._supervisor = asyncio.create_task(self._supervise(), name="webhook-supervisor")
 
@@ -199,9 +206,11 @@ class WebhookDeliverer:
                     lane.cancel()  # removed or disabled: its claims come back with the lease
                 self._lanes.pop(endpoint_id, None)
                 self._wakes.pop(endpoint_id, None)
+                self._slots.leave(endpoint_id)
         for endpoint_id, endpoint in active.items():
             if endpoint_id not in self._lanes:
                 self._wakes[endpoint_id] = asyncio.Event()
+                self._slots.join(endpoint_id)
                 self._lanes[endpoint_id] = asyncio.create_task(
                     self._lane(endpoint), name=f"webhook-lane-{endpoint_id}"
                 )
@@ -213,7 +222,7 @@ class WebhookDeliverer:
         while not self._stopping:
             wake.clear()
             try:
-                claimed = await self._claim(endpoint.id)
+                claimed = await self._claim_in_slots(endpoint.id)
                 if claimed:
                     outcomes = await asyncio.gather(*(self._send(endpoint, one) for one in claimed))
                     if await self._record(endpoint, outcomes):
@@ -228,7 +237,17 @@ class WebhookDeliverer:
             except TimeoutError:
                 pass
 
-    async def _claim(self, endpoint_id: uuid.UUID) -> list[Claimed]:
+    async def _claim_in_slots(self, endpoint_id: uuid.UUID) -> list[Claimed]:
+        """As many due deliveries as the lane got slots for; each try gives its slot back."""
+        granted = await self._slots.acquire(endpoint_id, PER_ENDPOINT)
+        claimed: list[Claimed] = []
+        try:
+            claimed = await self._claim(endpoint_id, granted)
+        finally:
+            self._slots.release(endpoint_id, granted - len(claimed))
+        return claimed
+
+    async def _claim(self, endpoint_id: uuid.UUID, most: int) -> list[Claimed]:
         now = utcnow()
         due = (
             select(WebhookDelivery.id)
@@ -238,7 +257,7 @@ class WebhookDeliverer:
                 WebhookDelivery.next_attempt_at <= now,
             )
             .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
-            .limit(PER_ENDPOINT)
+            .limit(most)
         )
         # A read first: an idle lane costs no write (SQLite has one writer for everything).
         async with self.database.read() as session:
@@ -278,7 +297,7 @@ class WebhookDeliverer:
     async def _send(self, endpoint: Endpoint, claimed: Claimed) -> Outcome:
         assert self._client is not None
         body = claimed.body.encode()
-        async with self._in_all:
+        try:
             headers = signed_headers(endpoint.secret, claimed.event_id, body, utcnow())
             headers["content-type"] = "application/json"
             if endpoint.section_code is not None:
@@ -296,6 +315,8 @@ class WebhookDeliverer:
             except (aiohttp.ClientError, ValueError) as exc:
                 # The kind of failure only: an error's text can quote the URL's query.
                 return Outcome(claimed, None, type(exc).__name__)
+        finally:
+            self._slots.release(endpoint.id)
 
     # ---- recording -----------------------------------------------------------------------------
 
