@@ -297,7 +297,8 @@ class OutreachTotal(Base):
 
 class ErasedSubscriber(Base):
     """A subscriber erased in subscriptions, by id only (as the audit log names them): a letter
-    of theirs that arrives after the erasure (a retried message) is kept without them."""
+    of theirs that arrives after the erasure (a retried message) is kept without them, and a
+    change of theirs becomes no webhook (``services/publisher/erasures.py``)."""
 
     __tablename__ = "osdi_erased_subscribers"
 

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.publisher.database import Database
+from services.publisher.database import Database, insert_or_ignore
+from services.publisher.erasures import is_erased, mark_erased
 from services.publisher.models import (
-    Base,
-    ErasedSubscriber,
     Outreach,
     OutreachTotal,
     ProcessedMessage,
@@ -39,26 +36,18 @@ _HANDLED_HERE = uuid.UUID("0b5f6c1e-2f0a-4c55-9a51-6f7c0de0a7e1")
 OUTREACH_EVENTS: tuple[type[events.Message], ...] = (events.LetterWritten, events.SubscriberErased)
 
 
-async def _insert_or_ignore(
-    session: AsyncSession, model: type[Base], values: dict[str, Any]
-) -> int:
-    module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    result = await session.execute(module.insert(model).values(values).on_conflict_do_nothing())
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
 async def record_outreach(*, session: AsyncSession, event: events.LetterWritten) -> None:
     if await session.get(UrgentAction, event.action_id) is None:
         raise Reject(f"unknown urgent action {event.action_id}")
-    erased = await session.get(ErasedSubscriber, event.subscriber_id)
+    erased = await is_erased(session, event.subscriber_id)
     now = utcnow()
-    inserted = await _insert_or_ignore(
+    inserted = await insert_or_ignore(
         session,
         Outreach,
         {
             "letter_id": event.letter_id,
             "action_id": event.action_id,
-            "subscriber_id": None if erased is not None else event.subscriber_id,
+            "subscriber_id": None if erased else event.subscriber_id,
             "language": event.language[:8],
             "targets": [
                 {"name": t.name[:300], "title": (t.title or "")[:300] or None}
@@ -70,7 +59,7 @@ async def record_outreach(*, session: AsyncSession, event: events.LetterWritten)
     )
     if not inserted:
         return  # the same letter reported twice
-    await _insert_or_ignore(
+    await insert_or_ignore(
         session, OutreachTotal, {"action_id": event.action_id, "outreaches": 0, "last_at": now}
     )
     # The campaign's modified_date moves now, when a sync can first see the new total.
@@ -84,9 +73,7 @@ async def record_outreach(*, session: AsyncSession, event: events.LetterWritten)
 async def forget_writer(*, session: AsyncSession, subscriber_id: uuid.UUID) -> int:
     """Take an erased person off their outreaches; returns how many."""
     now = utcnow()
-    await _insert_or_ignore(
-        session, ErasedSubscriber, {"subscriber_id": subscriber_id, "erased_at": now}
-    )
+    await mark_erased(session, subscriber_id)
     result = await session.execute(
         update(Outreach)
         .where(Outreach.subscriber_id == subscriber_id)

@@ -2,6 +2,10 @@
 preferences, stopped a channel, was erased; a response was recorded (queue
 ``publisher.webhooks``). Each is recorded for the endpoints that want it in the same transaction
 that marks the message handled, so a redelivery records nothing twice.
+
+A message about a person handled after their erasure (the two queues that hear of it go at their
+own pace; a delayed retry; ``uanet dead-letters replay``) records nothing: the erasure's
+tombstone (``services/publisher/erasures.py``) is checked first.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import uuid
 from typing import Any
 
 from services.publisher.database import Database
+from services.publisher.erasures import is_erased, mark_erased
 from services.publisher.models import ProcessedMessage, UrgentAction
 from services.publisher.webhooks.record import forget_subscriber, record_event
 from shared import events
@@ -26,6 +31,8 @@ WEBHOOK_EVENTS: tuple[type[events.Message], ...] = (
     events.SubscriberErased,
     events.ResponseRecorded,
 )
+# Their data is a person's: nothing of them once the person is erased.
+_ABOUT_A_PERSON = (events.SubscriberChanged, events.SubscriberUnsubscribed, events.ResponseRecorded)
 # The tally and the audit log take some of these messages too, with the same message id: this
 # queue marks them handled under ids of its own.
 _HANDLED_HERE = uuid.UUID("0d5b6d3e-5c43-4b57-8a38-5f0b7f0a9b21")
@@ -65,6 +72,11 @@ class WebhookEventsConsumer:
         async with self.database.write() as session:
             if await already_processed(session, ProcessedMessage, handled_id):
                 return
+            if isinstance(message, _ABOUT_A_PERSON) and await is_erased(
+                session, message.subscriber_id
+            ):
+                log.info("webhook event of an erased subscriber not recorded")
+                return
             if isinstance(message, events.SubscriberChanged):
                 confirmed = message.change == "confirmed"
                 await record_event(
@@ -90,6 +102,7 @@ class WebhookEventsConsumer:
                     event_id=event_id,
                 )
             elif isinstance(message, events.SubscriberErased):
+                await mark_erased(session, message.subscriber_id)
                 dropped = await forget_subscriber(session, message.subscriber_id)
                 # Kept until delivered (the CRM must hear it to erase them too), tied to no one.
                 await record_event(
