@@ -4,6 +4,9 @@ one endpoint can and cannot do to the others, disabling, and memory with a long 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -48,3 +51,48 @@ async def test_hanging_endpoints_on_the_same_host_hold_back_no_other(
             release.set()
     print(f"{hanging} hanging: 20 events to the healthy endpoint in {took:.2f} s")
     assert all(call.verified for call in inbox.to("healthy"))
+
+
+async def test_failing_without_a_success_for_the_set_time_disables_the_endpoint(
+    api: Api,
+) -> None:
+    """UANET_WEBHOOK_DISABLE_AFTER (5 days) shortened to seconds: the endpoint stays active while
+    it fails for less, and is disabled, saying why, once it has failed for that long."""
+    database = api.app.state.database
+
+    async def respond(_endpoint: str, _calls: int) -> int:
+        return 500
+
+    async def listed() -> dict[str, Any]:
+        response = await api.client.get("/api/v1/webhooks", headers=api.auth("admin"))
+        assert response.status_code == 200
+        item: dict[str, Any] = response.json()["items"][0]
+        return item
+
+    async with inbox_on_loopback(respond) as inbox:
+        await add(database, inbox, "dead", ["action.closed"])
+        await record(database, "action.closed", 1)
+        disable_after = timedelta(seconds=3)
+        retries = [timedelta(seconds=0.2)] * 100
+        async with delivering(database, retry_delays=retries, disable_after=disable_after):
+            started = asyncio.get_running_loop().time()
+            await eventually(lambda: len(inbox.to("dead")) >= 2, what="tries failing")
+            early = await listed()
+            assert (early["state"], early["disabled_reason"]) == ("active", None)
+            assert early["failures_in_a_row"] >= 2
+            disabled = await eventually(
+                lambda: _if_disabled(listed()), timeout=15, what="the endpoint disabled"
+            )
+            took = asyncio.get_running_loop().time() - started
+            tries = len(inbox.to("dead"))
+            await asyncio.sleep(1)
+            assert len(inbox.to("dead")) == tries, "nothing more is sent to a disabled endpoint"
+    assert took >= disable_after.total_seconds() - 0.5
+    assert disabled["disabled_reason"].startswith("failing without a success since ")
+    assert disabled["disabled_reason"].endswith(" UTC")
+    assert disabled["last_success_at"] is None
+
+
+async def _if_disabled(listed: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
+    item = await listed
+    return item if item["state"] == "disabled" else None
