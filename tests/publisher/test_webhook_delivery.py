@@ -6,14 +6,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services.publisher.webhooks.delivery import IN_ALL, PER_ENDPOINT
 from tests.publisher.conftest import Api
-from tests.publisher.webhook_lanes import add, delivering, inbox_on_loopback, record, states
+from tests.publisher.webhook_lanes import (
+    add,
+    backlog_memory,
+    delivering,
+    inbox_on_loopback,
+    publisher_database,
+    record,
+    states,
+)
 from tests.support import eventually
+
+MB = 1024 * 1024
 
 
 @pytest.mark.parametrize("hanging", [1, IN_ALL // PER_ENDPOINT + 1])
@@ -96,3 +107,21 @@ async def test_failing_without_a_success_for_the_set_time_disables_the_endpoint(
 async def _if_disabled(listed: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
     item = await listed
     return item if item["state"] == "disabled" else None
+
+
+@pytest.mark.timeout(120)
+async def test_memory_stays_flat_with_100000_deliveries_waiting_for_a_dead_endpoint(
+    tmp_path: Path,
+) -> None:
+    """The same number of failed tries with 1,000 and with 100,000 waiting: the deliverer's
+    memory over them does not grow with what waits (bench/webhook_backlog.py prints it)."""
+    measured = []
+    for waiting in (1000, 100_000):
+        url = f"sqlite+aiosqlite:///{tmp_path / f'backlog{waiting}.db'}"
+        async with publisher_database(url) as database:
+            measured.append(await backlog_memory(database, waiting=waiting, tries=480))
+    small, large = measured
+    print(small, large, sep="\n")
+    assert large.tries >= 480
+    assert large.peak_growth < small.peak_growth + MB, "the passes hold no more for more waiting"
+    assert large.held_growth < MB, "nothing accumulates pass after pass"
