@@ -7,6 +7,10 @@ call with the ``standardwebhooks`` package (what a CRM's receiver would run) and
   "webhook inbox" page).
 - ``GET /api/events``: the same as JSON.
 
+It keeps the last ``MAX_KEPT`` calls (memory stays bounded on a long run) but counts every call:
+``total``, ``calls_to[name]``, ``verified``; and ``listeners`` see each call as it is recorded
+(what a benchmark wants of the calls it cannot keep).
+
 It runs inside the caller's event loop::
 
     inbox = WebhookInbox()
@@ -23,6 +27,7 @@ import contextlib
 import html
 import json
 import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -75,7 +80,11 @@ class WebhookInbox:
     port: int = 0
     respond: Responder = always_ok
     secrets: dict[str, str] = field(default_factory=dict)
+    # The last MAX_KEPT calls; the counts below are of every call.
     received: list[ReceivedWebhook] = field(default_factory=list)
+    calls_to: Counter[str] = field(default_factory=Counter)
+    verified: int = 0
+    listeners: list[Callable[[ReceivedWebhook], None]] = field(default_factory=list)
     _server: uvicorn.Server | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -83,7 +92,13 @@ class WebhookInbox:
         return f"http://{self.host}:{self.port}/hooks/{endpoint}"
 
     def to(self, endpoint: str) -> list[ReceivedWebhook]:
+        """The kept calls to ``endpoint`` (the last ``MAX_KEPT`` of all)."""
         return [r for r in self.received if r.endpoint == endpoint]
+
+    @property
+    def total(self) -> int:
+        """Every call received, kept or not."""
+        return self.calls_to.total()
 
     async def _hook(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -97,23 +112,26 @@ class WebhookInbox:
                 verified = True
             except (WebhookVerificationError, ValueError):
                 verified = False
-        calls = len(self.to(name))
+        calls = self.calls_to[name]
         try:
             status = await self.respond(name, calls)
         except asyncio.CancelledError:
             # The inbox is stopping with a slow answer under way: the sender sees it fail.
             return Response(status_code=503)
-        self.received.append(
-            ReceivedWebhook(
-                endpoint=name,
-                webhook_id=headers.get("webhook-id", ""),
-                timestamp=headers.get("webhook-timestamp", ""),
-                body=body,
-                verified=verified,
-                received_at=datetime.now(UTC),
-                status=status,
-            )
+        call = ReceivedWebhook(
+            endpoint=name,
+            webhook_id=headers.get("webhook-id", ""),
+            timestamp=headers.get("webhook-timestamp", ""),
+            body=body,
+            verified=verified,
+            received_at=datetime.now(UTC),
+            status=status,
         )
+        self.calls_to[name] += 1
+        self.verified += verified
+        for listener in self.listeners:
+            listener(call)
+        self.received.append(call)
         del self.received[:-MAX_KEPT]
         return Response(status_code=status)
 
