@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from services.publisher.webhooks.delivery import IN_ALL, PER_ENDPOINT
+from services.publisher.webhooks.slots import FairSlots
 from tests.publisher.conftest import Api
 from tests.publisher.webhook_lanes import (
     add,
@@ -125,3 +126,18 @@ async def test_memory_stays_flat_with_100000_deliveries_waiting_for_a_dead_endpo
     assert large.tries >= 480
     assert large.peak_growth < small.peak_growth + MB, "the passes hold no more for more waiting"
     assert large.held_growth < MB, "nothing accumulates pass after pass"
+
+
+def test_a_lane_always_gets_its_share_whatever_the_others_borrowed() -> None:
+    slots = FairSlots(total=64, per_lane=16)
+    for lane in "abcdef":
+        slots.join(lane)
+    assert slots.share == 10
+    assert slots.take("a", 16) == 14, "its share, and what no other lane is owed"
+    assert [slots.take(lane, 16) for lane in "bcde"] == [10] * 4
+    assert slots.take("f", 16) == 10, "the last lane still gets its share at once"
+    slots.release("f", 10)
+    slots.leave("e")  # 5 lanes: a share of 12; 14 + 3 x 12 owed to the others
+    assert slots.take("f", 16) == 14 and slots.take("f", 16) == 0
+    slots.release("a", 14)
+    assert slots.take("a", 3) == 3

@@ -239,7 +239,7 @@ class WebhookDeliverer:
 
     async def _claim_in_slots(self, endpoint_id: uuid.UUID) -> list[Claimed]:
         """As many due deliveries as the lane got slots for; each try gives its slot back."""
-        granted = await self._slots.acquire(endpoint_id, PER_ENDPOINT)
+        granted = self._slots.take(endpoint_id, PER_ENDPOINT)
         claimed: list[Claimed] = []
         try:
             claimed = await self._claim(endpoint_id, granted)

@@ -1,17 +1,17 @@
 """The tries in flight to all endpoints, shared so that no endpoint can hold back another.
 
 Each lane (endpoint) is always owed its share of the whole, ``total // lanes`` (at most its own
-cap): it takes that at once, whatever the others hold. Beyond its share a lane may borrow up to
-its cap, but only from slots no other lane is owed. So a hanging endpoint holds at most its
-share plus what was idle when it borrowed, and whatever it holds, every other lane still gets its
-share without waiting for the hanging tries to time out.
+cap): it gets that at once, whatever the others hold. Beyond its share a lane may borrow up to
+its cap, but only slots no other lane is owed. So a hanging endpoint holds at most its share plus
+what was idle when it borrowed, and whatever it holds, every other lane still gets its share
+without waiting for the hanging tries to time out.
 
-Slots are taken before a lane claims its deliveries, so no try waits for one inside its timeout.
+A lane takes its slots before it claims deliveries (as many as it got), and takes more only when
+its tries are done: no try ever waits for a slot, let alone inside its timeout.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Hashable
 
 
@@ -20,7 +20,6 @@ class FairSlots:
         self.total = total
         self.per_lane = per_lane
         self._held: dict[Hashable, int] = {}
-        self._waiters: list[asyncio.Future[None]] = []
 
     def join(self, lane: Hashable) -> None:
         self._held.setdefault(lane, 0)
@@ -28,14 +27,10 @@ class FairSlots:
     def leave(self, lane: Hashable) -> None:
         """The lane is gone (its endpoint removed or disabled): it is owed nothing more."""
         self._held.pop(lane, None)
-        self._wake()
 
     @property
     def share(self) -> int:
         return max(1, min(self.per_lane, self.total // max(1, len(self._held))))
-
-    def held(self, lane: Hashable) -> int:
-        return self._held.get(lane, 0)
 
     def _take_one(self, lane: Hashable) -> bool:
         held = self._held.setdefault(lane, 0)
@@ -49,29 +44,13 @@ class FairSlots:
         self._held[lane] = held + 1
         return True
 
-    async def acquire(self, lane: Hashable, most: int) -> int:
-        """At least one slot and at most ``most``, waiting for the first; returns how many."""
-        while True:
-            granted = 0
-            while granted < most and self._take_one(lane):
-                granted += 1
-            if granted:
-                return granted
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+    def take(self, lane: Hashable, most: int) -> int:
+        """Up to ``most`` slots for the lane's next tries; how many it got."""
+        granted = 0
+        while granted < most and self._take_one(lane):
+            granted += 1
+        return granted
 
     def release(self, lane: Hashable, count: int = 1) -> None:
         if lane in self._held:
             self._held[lane] = max(0, self._held[lane] - count)
-        self._wake()
-
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
