@@ -4,14 +4,17 @@ records no webhook that carries their data."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
 from sqlalchemy import select
 
+from services.publisher.erasures import mark_erased
 from services.publisher.osdi.outreaches import OutreachConsumer
 from services.publisher.webhooks.consumer import WebhookEventsConsumer
 from services.publisher.webhooks.models import WebhookDelivery, WebhookEvent
+from services.publisher.webhooks.record import forget_subscriber
 from services.publisher.webhooks.standard import EVENT_TYPES
 from shared import events
 from tests.publisher.conftest import Api
@@ -30,14 +33,18 @@ def changed(person: uuid.UUID, email: str) -> events.SubscriberChanged:
     )
 
 
-async def test_messages_handled_after_the_erasure_record_nothing_of_the_person(api: Api) -> None:
-    database = api.app.state.database
+async def add_crm(api: Api) -> None:
     added = await api.client.post(
         "/api/v1/webhooks",
         json={"url": "https://crm.example.org/hooks", "events": list(EVENT_TYPES)},
         headers=api.auth("admin"),
     )
     assert added.status_code == 201, added.text
+
+
+async def test_messages_handled_after_the_erasure_record_nothing_of_the_person(api: Api) -> None:
+    database = api.app.state.database
+    await add_crm(api)
     action = await api.publish((await api.create())["id"])
     webhooks = WebhookEventsConsumer(database, lambda: None)
     erin, zoe, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
@@ -72,3 +79,22 @@ async def test_messages_handled_after_the_erasure_record_nothing_of_the_person(a
         assert trace not in bodies
     erased = next(e for e in kept if e.type == "subscriber.erased")
     assert json.loads(erased.body or "")["data"] == {"subscriber_id": str(erin)}
+
+
+async def test_a_change_handled_while_the_erasure_commits_waits_for_it(api: Api) -> None:
+    """Two messages of one person at once (prefetch): the change must not read "not erased"
+    before the erasure commits, then record their data after the erasure dropped what waited."""
+    database = api.app.state.database
+    await add_crm(api)
+    webhooks = WebhookEventsConsumer(database, lambda: None)
+    erin = uuid.uuid4()
+    async with database.write() as session:  # the erasure, under way
+        await mark_erased(session, erin)
+        await forget_subscriber(session, erin)
+        change = asyncio.create_task(webhooks(changed(erin, "erin@example.net")))
+        await asyncio.sleep(0.5)
+        assert not change.done(), "the change waits for the erasure's turn"
+    await asyncio.wait_for(change, 10)
+    async with database.read() as session:
+        kept = (await session.execute(select(WebhookEvent.type))).scalars().all()
+    assert kept == []
