@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.publisher import audit
 from services.publisher.audit import Actor
 from services.publisher.bounces import settle_bounces
+from services.publisher.federation import hub as federation
 from services.publisher.models import ActionTally, ActionUpdate, Outbox, UrgentAction
 from services.publisher.schemas import (
     ActionClose,
@@ -215,7 +216,7 @@ async def publish_action(
         "action.published",
         UrgentActionRead.model_validate(action).model_dump(mode="json"),
         occurred_at=now,
-        sections=action.sections,
+        sections=await federation.send_to_sections(session, action),
     )
     audit.record_for_action(session, actor=actor, event=audit.ACTION_PUBLISHED, action=action)
     return action
@@ -347,7 +348,7 @@ async def add_follow_up(
             "content": update.content,
         },
         occurred_at=now,
-        sections=action.sections,
+        sections=await federation.sent_to(session, action.id),
     )
     details: dict[str, Any] = {"kind": update_in.kind, "update_id": str(update.id)}
     if update_in.outcome is not None:
@@ -417,7 +418,7 @@ async def close_action(
             **({"content": content} if content is not None else {}),
         },
         occurred_at=now,
-        sections=action.sections,
+        sections=await federation.sent_to(session, action.id),
     )
     audit.record_for_action(
         session,

@@ -53,6 +53,7 @@ SECTION_REMOVED = "section.removed"
 HUB_ACTION_RECEIVED = "hub_action.received"
 HUB_ACTION_DECLINED = "hub_action.declined"
 HUB_ACTION_AUTO_PUBLISHED = "hub_action.auto_published"
+HUB_ACTION_REFUSED = "hub_action.refused"
 EVENTS: tuple[str, ...] = (
     ACTION_CREATED,
     ACTION_EDITED,
@@ -73,6 +74,7 @@ EVENTS: tuple[str, ...] = (
     HUB_ACTION_RECEIVED,
     HUB_ACTION_DECLINED,
     HUB_ACTION_AUTO_PUBLISHED,
+    HUB_ACTION_REFUSED,
 )
 
 

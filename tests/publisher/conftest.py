@@ -114,8 +114,10 @@ class Api:
         return body
 
 
-async def _open_api(url: str) -> tuple[Api, Callable[[], Awaitable[None]]]:
-    app = create_app(publisher_settings(url))
+async def _open_api(
+    url: str, settings: Settings | None = None
+) -> tuple[Api, Callable[[], Awaitable[None]]]:
+    app = create_app(settings or publisher_settings(url))
     sessionmaker = app.state.runtime.sessionmaker
     tokens = {
         role: await create_api_token(sessionmaker, role=role, name=f"test {role}")

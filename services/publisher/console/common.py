@@ -84,6 +84,7 @@ _templates.globals["EVENT_LABELS"] = {
     audit.HUB_ACTION_RECEIVED: "Received from the international office",
     audit.HUB_ACTION_DECLINED: "Declined (from the international office)",
     audit.HUB_ACTION_AUTO_PUBLISHED: "Published on arrival (from the international office)",
+    audit.HUB_ACTION_REFUSED: "Could not be taken (from the international office)",
 }
 _templates.globals["OUTCOME_LABELS"] = {
     "released": "Released",

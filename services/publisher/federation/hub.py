@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.publisher import audit
@@ -43,6 +43,8 @@ from shared.sealing import seal
 
 CHANNELS = ("email", "sms")
 KINDS = ("letter", "email", "call", "sms_reply", "other")
+# A section's row for an action sent to it that it has not reported on yet.
+SENT = "sent"
 
 
 class SectionError(ValueError):
@@ -121,6 +123,12 @@ async def remove_section(session: AsyncSession, *, code: str, actor: Actor) -> N
     if section is None or section.removed_at is not None:
         raise SectionError(f"no section {code.upper()} (see `uanet sections list`)")
     section.removed_at = utcnow()
+    # What it never confirmed having is no longer waited for (nor followed up, if re-added).
+    await session.execute(
+        delete(SectionCounts)
+        .where(SectionCounts.section_code == section.code, SectionCounts.status == SENT)
+        .execution_options(synchronize_session=False)
+    )
     if section.endpoint_id is not None:
         endpoint = await session.get(WebhookEndpoint, section.endpoint_id)
         if endpoint is not None:
@@ -157,6 +165,42 @@ async def list_sections(session: AsyncSession) -> list[SectionRow]:
 async def live_section(session: AsyncSession, code: str) -> Section | None:
     section = await session.get(Section, code.strip().upper()) if code else None
     return section if section is not None and section.removed_at is None else None
+
+
+async def send_to_sections(session: AsyncSession, action: UrgentAction) -> list[str]:
+    """At publish: the live sections the action goes to (all, or those of its ``sections``),
+    each remembered with a row (``sent``) so its follow-ups and close go to them alone."""
+    query = select(Section.code).where(Section.removed_at.is_(None))
+    if action.sections:
+        query = query.where(Section.code.in_(action.sections))
+    codes = list((await session.execute(query.order_by(Section.code))).scalars())
+    now = utcnow()
+    for code in codes:
+        if await session.get(SectionCounts, (code, action.id)) is None:
+            session.add(
+                SectionCounts(
+                    section_code=code,
+                    action_id=action.id,
+                    status=SENT,
+                    counts={},
+                    version=0,
+                    updated_at=now,
+                    sent_at=now,
+                )
+            )
+    return codes
+
+
+async def sent_to(session: AsyncSession, action_id: uuid.UUID) -> list[str]:
+    """The live sections the action went to: its follow-ups and close go to these only (a
+    section added later never got it, and would be asked for something it cannot place)."""
+    query = (
+        select(SectionCounts.section_code)
+        .join(Section, Section.code == SectionCounts.section_code)
+        .where(SectionCounts.action_id == action_id, Section.removed_at.is_(None))
+        .order_by(SectionCounts.section_code)
+    )
+    return list((await session.execute(query)).scalars())
 
 
 async def take_counts(session: AsyncSession, section: Section, report: CountsReport) -> bool:
@@ -223,7 +267,7 @@ async def network_of(
         (
             await session.execute(
                 select(SectionCounts)
-                .where(SectionCounts.action_id == stats.action_id)
+                .where(SectionCounts.action_id == stats.action_id, SectionCounts.status != SENT)
                 .order_by(SectionCounts.section_code)
             )
         )
@@ -291,7 +335,7 @@ async def sections_since(session: AsyncSession, since: datetime) -> list[Section
         await session.execute(
             select(SectionCounts.section_code, SectionCounts.status, SectionCounts.counts)
             .join(UrgentAction, UrgentAction.id == SectionCounts.action_id)
-            .where(UrgentAction.published_at >= since)
+            .where(UrgentAction.published_at >= since, SectionCounts.status != SENT)
             .order_by(SectionCounts.section_code)
         )
     ).all()

@@ -32,7 +32,8 @@ class Section(Base):
 
 
 class SectionCounts(Base):
-    """The newest counts a section reported for one of the hub's actions: numbers only."""
+    """A hub action sent to a section (status ``sent`` until it reports), then the newest
+    counts it reported: numbers only."""
 
     __tablename__ = "publisher_section_counts"
 
@@ -44,3 +45,7 @@ class SectionCounts(Base):
     # The section's snapshot version (microseconds): an older one never replaces a newer.
     version: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When the hub sent it the action (none: reported before the hub kept that).
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # When the section published it to its members (from its report).
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -68,20 +68,34 @@ async def inbox(request: Request, database: DatabaseDep) -> Response:
         return _unauthorized(str(exc))
     except (ValueError, KeyError, TypeError):
         return JSONResponse({"detail": "not a hub event"}, status_code=422)
+    webhook_id = request.headers["webhook-id"]
     try:
         async with database.write() as session:
             done = await section.take_from_hub(
                 session,
-                webhook_id=request.headers["webhook-id"],
+                webhook_id=webhook_id,
                 event_type=event_type,
                 data=data,
                 hub_url=_hub_url,
                 auto=settings.syndication_auto_publish,
             )
+    except section.NotReceivedYet:
+        # Not ours yet, and nothing changed: the hub's deliverer sends it again until the
+        # action itself has arrived (the calls to a section are not ordered).
+        log.info("hub event %s before its action: asked again later", event_type)
+        return JSONResponse(
+            {"detail": "its action has not arrived yet; send it again"}, status_code=409
+        )
     except (ValidationError, ValueError, KeyError) as exc:
-        # Signed by the hub but not an action we can take: answered, so not sent again forever.
-        log.warning("a hub event could not be taken: %s", type(exc).__name__)
-        return JSONResponse({"detail": "the action could not be taken"}, status_code=422)
+        # Signed by the hub but never takeable here (sending it again changes nothing): taken
+        # as handled, written to the audit log for staff, and answered 2xx so the hub stops.
+        why = type(exc).__name__
+        log.error("a hub event %s could not be taken: %s", event_type, why)
+        async with database.write() as session:
+            await section.refuse(
+                session, webhook_id=webhook_id, event_type=event_type, data=data, why=why
+            )
+        return Response(status_code=204)
     request.app.state.runtime.relay.notify()
     request.app.state.webhooks.notify()
     log.info("hub event %s: %s", event_type, done)

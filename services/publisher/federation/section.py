@@ -2,7 +2,9 @@
 staff declining a hub action or sending a follow-up that waited, and the counts reported back.
 
 The inbox is idempotent (each call's ``webhook-id`` is handled once; an action is taken once by
-its hub id), so the hub's retries change nothing twice.
+its hub id), so the hub's retries change nothing twice. The hub's calls are not ordered (a
+publish tried again can come after its close): a follow-up or close of an action not here yet
+is refused with nothing changed, and the hub's deliverer sends it again until it fits.
 """
 
 from __future__ import annotations
@@ -44,6 +46,24 @@ REPORT_EVERY = 2.0
 KEEP_REPORTING = timedelta(days=7)
 
 
+class NotReceivedYet(Exception):
+    """A follow-up or close of a hub action this section has not received: the hub's calls to
+    one section are not ordered, so the action may still be on its way (409, tried again)."""
+
+
+# Marks (as processed messages) the hub actions this section could not take, so their
+# follow-ups and close are not asked for again and again.
+_REFUSED = uuid.UUID("6f0c1f8e-2d55-4b8e-9a53-5d1e0c3a9b71")
+
+
+def _refused_mark(hub_action_id: uuid.UUID) -> str:
+    return str(uuid.uuid5(_REFUSED, str(hub_action_id)))
+
+
+def _hub_action_id(data: dict[str, Any]) -> uuid.UUID:
+    return uuid.UUID(str(data.get("action_id") or data.get("id")))
+
+
 def _covered(auto: AutoPublish, urgency: str) -> bool:
     return auto == "all" or (auto == "urgent" and urgency == "urgent")
 
@@ -70,14 +90,18 @@ async def take_from_hub(
     """Apply one call from the hub; returns what was done (for the log, not the hub)."""
     if await already_processed(session, ProcessedMessage, webhook_id):
         return "already taken"
-    hub_action_id = uuid.UUID(str(data.get("action_id") or data.get("id")))
+    hub_action_id = _hub_action_id(data)
     local = await _by_origin(session, hub_action_id)
     if event_type == "action.published":
         if local is not None:
             return "already received"
         return await _receive(session, data, hub_url=hub_url, auto=auto)
     if local is None:
-        return "not one of ours"  # sent before this section was added, or never received
+        if await session.get(ProcessedMessage, _refused_mark(hub_action_id)) is not None:
+            return "of an action that could not be taken"
+        # The hub sends follow-ups and closes only to sections it sent the action to: it is
+        # on its way. Refused (and this transaction undone) so the hub sends it again.
+        raise NotReceivedYet(str(hub_action_id))
     if event_type == "action.updated":
         return await _follow_up(session, local, data, auto=auto)
     if event_type == "action.closed":
@@ -205,6 +229,29 @@ async def _close(session: AsyncSession, local: UrgentAction, data: dict[str, Any
         audit.record_for_action(session, actor=HUB, event=audit.ACTION_CLOSED, action=local)
         return "closed before it went out"
     return f"ignored: {local.status}"
+
+
+async def refuse(
+    session: AsyncSession, *, webhook_id: str, event_type: str, data: dict[str, Any], why: str
+) -> None:
+    """A signed hub event that can never be taken here (its action does not validate): taken
+    as handled, so the hub does not send it for ever, and left in the audit log for staff
+    (the hub then sees this section never report on it)."""
+    if await already_processed(session, ProcessedMessage, webhook_id):
+        return
+    try:
+        hub_action_id = _hub_action_id(data)
+    except ValueError:
+        hub_action_id = None
+    if hub_action_id is not None and event_type == "action.published":
+        await already_processed(session, ProcessedMessage, _refused_mark(hub_action_id))
+    audit.record(
+        session,
+        actor=HUB,
+        event=audit.HUB_ACTION_REFUSED,
+        subject=f"{event_type} {data.get('reference') or hub_action_id}: could not be taken",
+        details={"hub_action_id": str(hub_action_id), "why": why},
+    )
 
 
 async def decline(session: AsyncSession, *, action_id: uuid.UUID, actor: Actor) -> UrgentAction:

@@ -47,8 +47,8 @@ async def record_event(
     """Store the event and a pending delivery for each active endpoint subscribed to its type;
     returns its ``webhook-id`` (None when no endpoint wants it).
 
-    ``sections``: an action's own list of sections (None: every section) limits which
-    sections' inboxes take it. ``topic``: a new event replaces the waiting ones of its topic."""
+    ``sections``: the sections whose inboxes take it (None: every section's; the hub passes
+    those the action was sent to). ``topic``: a new event replaces the waiting ones of its topic."""
     endpoints = (
         await session.execute(
             select(
@@ -62,7 +62,7 @@ async def record_event(
     wanting = [
         endpoint_id
         for endpoint_id, types, kind, code in endpoints
-        if event_type in types and (kind != SECTION_INBOX or not sections or code in sections)
+        if event_type in types and (kind != SECTION_INBOX or sections is None or code in sections)
     ]
     if not wanting:
         return None

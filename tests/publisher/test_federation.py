@@ -1,0 +1,227 @@
+"""Federation in-process (contract §9): a hub and a section as two apps on their own databases,
+the hub's calls taken from its delivery rows and posted to the section's inbox by the test, in
+whatever order the test wants (the three-stack run is tests/e2e/test_federation.py)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import select
+
+from services.publisher.audit import Actor
+from services.publisher.federation import hub
+from services.publisher.federation.models import Section
+from services.publisher.webhooks.models import WebhookDelivery, WebhookEvent
+from services.publisher.webhooks.standard import new_event_id, signed_headers
+from shared.db import utcnow
+from tests.publisher.conftest import Api, _open_api, migrated, publisher_settings
+
+OPERATOR = Actor("cli", "test")
+
+
+@pytest.fixture
+async def office(tmp_path: Path) -> AsyncIterator[Api]:
+    """The hub (the international office): any uanet with sections added."""
+    opened, close = await _open_api(await migrated(f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"))
+    try:
+        yield opened
+    finally:
+        await close()
+
+
+async def add_section(office: Api, code: str) -> str:
+    """``uanet sections add``; returns the section's key."""
+    async with office.app.state.database.write() as session:
+        _, key = await hub.add_section(
+            session,
+            code=code,
+            name=f"Section {code}",
+            url=f"https://{code.lower()}.example.org",
+            secret_key=office.app.state.sealing_key,
+            actor=OPERATOR,
+        )
+    return key
+
+
+async def remove_section(office: Api, code: str) -> None:
+    async with office.app.state.database.write() as session:
+        await hub.remove_section(session, code=code, actor=OPERATOR)
+
+
+async def sent_to(office: Api, code: str) -> list[tuple[str, dict[str, Any]]]:
+    """What the hub has queued for the section's inbox, oldest first: (webhook-id, event)."""
+    async with office.app.state.database.read() as session:
+        endpoint_id = (await session.get(Section, code)).endpoint_id  # type: ignore[union-attr]
+        rows = (
+            await session.execute(
+                select(WebhookEvent.id, WebhookEvent.body)
+                .join(WebhookDelivery, WebhookDelivery.event_id == WebhookEvent.id)
+                .where(WebhookDelivery.endpoint_id == endpoint_id)
+                .order_by(WebhookDelivery.id)
+            )
+        ).all()
+    return [(event_id, json.loads(body)) for event_id, body in rows]
+
+
+class SectionOffice:
+    """A section's uanet, and its inbox as the hub's deliverer calls it."""
+
+    def __init__(self, api: Api, code: str, key: str) -> None:
+        self.api, self.code, self.key = api, code, key
+
+    async def deliver(self, webhook_id: str, event: dict[str, Any]) -> int:
+        body = json.dumps(event).encode()
+        headers = signed_headers(self.key, webhook_id, body, utcnow())
+        headers.update({"content-type": "application/json", "uanet-section": self.code})
+        answer = await self.api.client.post(
+            "/api/v1/federation/inbox", content=body, headers=headers
+        )
+        return answer.status_code
+
+    async def copy_of(self, hub_action_id: str) -> dict[str, Any] | None:
+        listed = await self.api.client.get("/api/v1/actions", headers=self.api.auth("coordinator"))
+        for item in listed.json()["items"]:
+            if (item.get("origin") or {}).get("action_id") == hub_action_id:
+                found: dict[str, Any] = item
+                return found
+        return None
+
+    async def audit(self, event: str) -> list[dict[str, Any]]:
+        got = await self.api.client.get(
+            "/api/v1/audit", params={"event": event}, headers=self.api.auth("admin")
+        )
+        items: list[dict[str, Any]] = got.json()["items"]
+        return items
+
+
+@pytest.fixture
+async def section_uk(office: Api, tmp_path: Path) -> AsyncIterator[SectionOffice]:
+    """Section UK, publishing urgent hub actions on arrival."""
+    key = await add_section(office, "UK")
+    url = await migrated(f"sqlite+aiosqlite:///{tmp_path / 'uk.db'}")
+    settings = publisher_settings(url).model_copy(
+        update={
+            "hub_url": "https://hub.example.org",
+            "section_code": "UK",
+            "hub_key": SecretStr(key),
+            "syndication_auto_publish": "urgent",
+        }
+    )
+    opened, close = await _open_api(url, settings)
+    try:
+        yield SectionOffice(opened, "UK", key)
+    finally:
+        await close()
+
+
+async def test_a_follow_up_and_close_before_their_action_wait_for_it(
+    office: Api, section_uk: SectionOffice
+) -> None:
+    """The hub's calls to a section are not ordered: a publish tried again after a failure can
+    arrive after its follow-up and close. Those are refused (409, the hub tries again) until the
+    action is there, so the section ends closed, with the follow-up sent, nothing lost."""
+    action = await office.publish((await office.create())["id"])
+    sent = await office.client.post(
+        f"/api/v1/actions/{action['id']}/updates",
+        json={"kind": "further_information", "content": {"en": {"subject": "News", "sms": "News"}}},
+        headers=office.auth("staff"),
+    )
+    assert sent.status_code == 202, sent.text
+    closed = await office.client.post(
+        f"/api/v1/actions/{action['id']}/close",
+        json={"outcome": "released"},
+        headers=office.auth("staff"),
+    )
+    assert closed.status_code == 200, closed.text
+    published, follow_up, close = await sent_to(office, "UK")
+    assert [e["type"] for _, e in (published, follow_up, close)] == [
+        "action.published",
+        "action.updated",
+        "action.closed",
+    ]
+
+    assert await section_uk.deliver(*close) == 409
+    assert await section_uk.deliver(*follow_up) == 409
+    assert await section_uk.copy_of(action["id"]) is None
+    assert await section_uk.deliver(*published) == 204
+    copy = await section_uk.copy_of(action["id"])
+    assert copy is not None and copy["status"] == "published"  # urgent: on arrival
+    # The hub's retries, now that the action is there.
+    assert await section_uk.deliver(*follow_up) == 204
+    assert await section_uk.deliver(*close) == 204
+    assert await section_uk.deliver(*close) == 204  # and a retry of a retry changes nothing
+    copy = await section_uk.copy_of(action["id"])
+    assert copy is not None and copy["status"] == "closed" and copy["outcome"] == "released"
+    updates = await section_uk.api.client.get(
+        f"/api/v1/actions/{copy['id']}", headers=section_uk.api.auth("coordinator")
+    )
+    assert updates.json()["pending_updates"] == []
+    received = await section_uk.audit("hub_action.received")
+    assert [e["action_id"] for e in received] == [copy["id"]]
+    assert len(await section_uk.audit("hub_action.auto_published")) == 1
+    assert len(await section_uk.audit("action.follow_up")) == 1
+
+
+async def test_a_hub_action_that_can_never_be_taken_is_answered_and_audited(
+    office: Api, section_uk: SectionOffice
+) -> None:
+    """Sending it again would change nothing: 2xx (the hub stops), an audit entry for staff,
+    and its follow-ups and close are not refused for ever either."""
+    action = await office.publish((await office.create())["id"])
+    (webhook_id, published), *_ = await sent_to(office, "UK")
+    published["data"]["content"] = {}  # no language: not an action this section can take
+    assert await section_uk.deliver(webhook_id, published) == 204
+    assert await section_uk.copy_of(action["id"]) is None
+    (refused,) = await section_uk.audit("hub_action.refused")
+    assert refused["details"]["hub_action_id"] == action["id"]
+    close = {
+        "type": "action.closed",
+        "timestamp": "2026-12-07T00:00:00Z",
+        "data": {"action_id": action["id"], "reference": "UA 1/26", "outcome": "released"},
+    }
+    assert await section_uk.deliver(new_event_id(), close) == 204
+    # An action the section was never sent is not one it waits for: the hub sends it no close.
+    unknown = {**close, "data": {**close["data"], "action_id": str(uuid.uuid4())}}
+    assert await section_uk.deliver(new_event_id(), unknown) == 409
+
+
+async def test_follow_ups_and_the_close_go_only_to_the_sections_the_action_went_to(
+    office: Api,
+) -> None:
+    """A section refuses (409) a follow-up of an action it never got, so the hub must send none:
+    not to a section outside the action's ``sections``, one added after the publish, or one
+    removed (nothing at all goes to a removed section)."""
+    for code in ("UK", "FR", "DE"):
+        await add_section(office, code)
+    to_two = await office.publish((await office.create(title="Two", sections=["UK", "FR"]))["id"])
+    to_all = await office.publish((await office.create(title="All"))["id"])
+    await remove_section(office, "FR")
+    await add_section(office, "ES")  # after the publishes: never got them
+    for action in (to_two, to_all):
+        closed = await office.client.post(
+            f"/api/v1/actions/{action['id']}/close",
+            json={"outcome": "released"},
+            headers=office.auth("staff"),
+        )
+        assert closed.status_code == 200, closed.text
+
+    async def calls(code: str) -> list[tuple[str, str]]:
+        return [(e["type"], e["data"]["reference"]) for _, e in await sent_to(office, code)]
+
+    two, every = to_two["reference"], to_all["reference"]
+    assert await calls("UK") == [
+        ("action.published", two),
+        ("action.published", every),
+        ("action.closed", two),
+        ("action.closed", every),
+    ]
+    assert await calls("DE") == [("action.published", every), ("action.closed", every)]
+    assert await calls("ES") == []
+    async with office.app.state.database.read() as session:
+        assert await hub.sent_to(session, uuid.UUID(to_all["id"])) == ["DE", "UK"]
