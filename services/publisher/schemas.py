@@ -297,6 +297,8 @@ class SectionStats(BaseModel):
     status: Literal["received", "published", "declined", "closed"]
     reference: str | None
     updated_at: datetime
+    # When the section published it to its members (none: not yet, or it did not say).
+    published_at: datetime | None = None
     recipients: dict[str, int]
     deliveries: dict[str, ChannelDeliveries]
     responses: ResponseCounts

@@ -17,12 +17,13 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.publisher.actions import ActionNotFound
 from services.publisher.database import Database
+from services.publisher.federation.models import SectionCounts
 from services.publisher.models import (
     CHANNELS,
     RESPONSE_KINDS,
@@ -346,10 +347,18 @@ async def read_activity(*, session: AsyncSession, action_id: uuid.UUID) -> list[
 
 
 async def stats_changed_at(*, session: AsyncSession, action_id: uuid.UUID) -> datetime | None:
-    """When the counts last changed: one cheap query for the live stream's poll."""
-    changed: datetime | None = (
+    """When the counts last changed, the action's own or (on a hub) a section's report: one
+    cheap query for the live stream's poll, which so sees what another process took."""
+    newest_report = (
+        select(func.max(SectionCounts.updated_at))
+        .where(SectionCounts.action_id == action_id)
+        .scalar_subquery()
+    )
+    row = (
         await session.execute(
-            select(ActionTally.updated_at).where(ActionTally.action_id == action_id)
+            select(ActionTally.updated_at, newest_report).where(ActionTally.action_id == action_id)
         )
-    ).scalar_one_or_none()
-    return changed
+    ).first()
+    if row is None:
+        return None
+    return max((at for at in row if at is not None), default=None)

@@ -17,10 +17,12 @@ from sqlalchemy import select
 from services.publisher.audit import Actor
 from services.publisher.federation import hub
 from services.publisher.federation.models import Section
+from services.publisher.tally import stats_changed_at
 from services.publisher.webhooks.models import WebhookDelivery, WebhookEvent
 from services.publisher.webhooks.standard import new_event_id, signed_headers
 from shared.db import utcnow
 from tests.publisher.conftest import Api, _open_api, migrated, publisher_settings
+from tests.publisher.console_support import Browser, make_user
 
 OPERATOR = Actor("cli", "test")
 
@@ -225,3 +227,78 @@ async def test_follow_ups_and_the_close_go_only_to_the_sections_the_action_went_
     assert await calls("ES") == []
     async with office.app.state.database.read() as session:
         assert await hub.sent_to(session, uuid.UUID(to_all["id"])) == ["DE", "UK"]
+
+
+async def report_counts(office: Api, code: str, key: str, data: dict[str, Any]) -> int:
+    """A section's counts report, signed as its reporter signs it."""
+    body = json.dumps({"type": "section.counts", "timestamp": "x", "data": data}).encode()
+    headers = signed_headers(key, new_event_id(), body, utcnow())
+    headers.update({"content-type": "application/json", "uanet-section": code})
+    answer = await office.client.post("/api/v1/federation/counts", content=body, headers=headers)
+    return answer.status_code
+
+
+async def test_the_sections_table_has_a_line_per_section_sent_to_and_when_each_published(
+    office: Api,
+) -> None:
+    keys = {code: await add_section(office, code) for code in ("FR", "UK")}
+    action = await office.publish((await office.create())["id"])
+    browser = Browser(office.app)
+    await browser.sign_in(await make_user(office.app, "coordinator"))
+    try:
+        page = (await browser.get(f"/actions/{action['id']}")).text
+        for code in ("FR", "UK"):
+            assert f'<tr data-section="{code}" data-waiting>' in page
+        assert page.count("waiting for its report") == 2
+        async with office.app.state.database.read() as session:
+            before = await stats_changed_at(session=session, action_id=uuid.UUID(action["id"]))
+
+        published_at = "2026-12-07T06:12:03Z"
+        report = {
+            "action_id": action["id"],
+            "status": "published",
+            "reference": "UA 7/26",
+            "version": 2,
+            "updated_at": "2099-01-01T00:00:00Z",
+            "published_at": published_at,
+            "recipients": {"email": 40},
+            "responses": {"people": 3, "actions": 5},
+        }
+        assert await report_counts(office, "UK", keys["UK"], report) == 204
+        # An older section says nothing of when it published: still taken.
+        older = {k: v for k, v in report.items() if k != "published_at"}
+        assert await report_counts(office, "FR", keys["FR"], {**older, "status": "received"}) == 204
+
+        page = (await browser.get(f"/actions/{action['id']}")).text
+        assert "waiting for its report" not in page
+        uk_line = page[page.index('<tr data-section="UK">') :].split("</tr>")[0]
+        assert ">07 Dec 06:12:03 UTC<" in uk_line and ">published<" in uk_line
+        fr_line = page[page.index('<tr data-section="FR">') :].split("</tr>")[0]
+        assert ">received<" in fr_line and "—" in fr_line
+    finally:
+        await browser.aclose()
+    stats = (
+        await office.client.get(
+            f"/api/v1/actions/{action['id']}/stats", headers=office.auth("coordinator")
+        )
+    ).json()
+    assert stats["sections"]["UK"]["published_at"] == published_at
+    assert stats["sections"]["FR"]["published_at"] is None
+    # The live stream's poll sees a section's report taken by another process.
+    async with office.app.state.database.read() as session:
+        after = await stats_changed_at(session=session, action_id=uuid.UUID(action["id"]))
+    assert before is not None and after is not None and after > before
+    assert after.year == 2099
+
+
+async def test_the_hub_stats_list_only_sections_that_reported(office: Api) -> None:
+    """Sent but silent sections are lines on the console, not counts in the API (§9's shape)."""
+    await add_section(office, "UK")
+    action = await office.publish((await office.create())["id"])
+    stats = (
+        await office.client.get(
+            f"/api/v1/actions/{action['id']}/stats", headers=office.auth("coordinator")
+        )
+    ).json()
+    assert stats["sections"] == {}
+    assert stats["network"]["recipients"] == {"email": 0, "sms": 0}

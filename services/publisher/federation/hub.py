@@ -203,6 +203,17 @@ async def sent_to(session: AsyncSession, action_id: uuid.UUID) -> list[str]:
     return list((await session.execute(query)).scalars())
 
 
+async def sections_sent(session: AsyncSession, action_id: uuid.UUID) -> list[str]:
+    """Every section the action was sent to or that reported on it (removed ones included:
+    their counts stay), for the console's table: a line each, waiting until it reports."""
+    query = (
+        select(SectionCounts.section_code)
+        .where(SectionCounts.action_id == action_id)
+        .order_by(SectionCounts.section_code)
+    )
+    return list((await session.execute(query)).scalars())
+
+
 async def take_counts(session: AsyncSession, section: Section, report: CountsReport) -> bool:
     """Keep the report if it is newer than what the section said before; True if kept."""
     section.last_heard_at = utcnow()
@@ -225,6 +236,7 @@ async def take_counts(session: AsyncSession, section: Section, report: CountsRep
     row.counts = counts
     row.version = report.version
     row.updated_at = report.updated_at
+    row.published_at = report.published_at
     return True
 
 
@@ -234,6 +246,7 @@ def _section_stats(row: SectionCounts) -> SectionStats:
         status=row.status,
         reference=row.reference,
         updated_at=row.updated_at,
+        published_at=row.published_at,
         recipients={c: int(counts.get("recipients", {}).get(c, 0)) for c in CHANNELS},
         deliveries={
             c: ChannelDeliveries(

@@ -365,6 +365,7 @@ class CountsReporter:
                     reference=local.reference,
                     version=time.time_ns() // 1000,
                     updated_at=utcnow(),
+                    published_at=local.published_at,
                     recipients=stats.recipients,
                     deliveries={c: d.model_dump() for c, d in stats.deliveries.items()},
                     responses=stats.responses.model_dump(),

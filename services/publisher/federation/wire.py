@@ -69,6 +69,8 @@ class CountsReport(BaseModel):
     reference: str | None = Field(None, max_length=40)  # the section's own ("UA 7/26")
     version: int = Field(ge=0)  # newest wins
     updated_at: datetime
+    # When the section published it to its members (optional: older sections do not say).
+    published_at: datetime | None = None
     recipients: dict[Literal["email", "sms"], int] = {}
     deliveries: dict[Literal["email", "sms"], Deliveries] = {}
     responses: Responses = Responses()

@@ -44,6 +44,24 @@ function totals(stats) {
   };
 }
 
+// A time as the page prints it: "07 Dec 06:12:03 UTC".
+function formatTime(iso) {
+  if (!iso) return "—";
+  const parts = new Intl.DateTimeFormat("en-GB", {
+    timeZone: "UTC", day: "2-digit", month: "short",
+    hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
+  }).formatToParts(new Date(iso));
+  const part = (type) => (parts.find((p) => p.type === type) || {}).value;
+  return `${part("day")} ${part("month")} ${part("hour")}:${part("minute")}:${part("second")} UTC`;
+}
+
+// On a hub: each section's recipients and the network's, summed as the page shows them.
+function addRecipientTotals(stats) {
+  const sum = (part) => Object.values(part.recipients || {}).reduce((a, b) => a + b, 0);
+  for (const part of Object.values(stats.sections || {})) part.recipients_total = sum(part);
+  if (stats.network) stats.network.recipients_total = sum(stats.network);
+}
+
 function lookup(stats, path) {
   return path.split(".").reduce((node, key) => (node == null ? undefined : node[key]), stats);
 }
@@ -80,10 +98,13 @@ function setUpLiveStats(main) {
   source.addEventListener("stats", (event) => {
     const stats = JSON.parse(event.data);
     stats.totals = totals(stats);
+    addRecipientTotals(stats);
     for (const el of document.querySelectorAll("[data-stat]")) {
       const value = lookup(stats, el.dataset.stat);
       if (value === undefined) continue;
-      const text = typeof value === "number" ? format(value) : String(value);
+      let text;
+      if (el.dataset.format === "time") text = formatTime(value);
+      else text = typeof value === "number" ? format(value) : String(value ?? "");
       if (el.textContent !== text) {
         el.textContent = text;
         el.classList.remove("bumped");
