@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from playwright.async_api import Browser, Page
 
 from shared.settings import SERVICES
 from tests import broker_admin
@@ -34,6 +35,7 @@ class Office:
     staff: str = ""
     coordinator: str = ""
     members: list[str] = field(default_factory=list)
+    has_account: bool = False
 
     @property
     def api(self) -> str:
@@ -61,21 +63,28 @@ class Office:
         assert done.returncode == 0, done.stderr
         self.members = rows
 
+    async def console_account(self) -> tuple[str, str]:
+        """A staff account (``uanet users create``), made once: its email and password."""
+        email, password = f"{self.name.lower()}-coordinator@example.org", "a long test password"
+        if not self.has_account:
+            made = await asyncio.to_thread(
+                self.stack.cli,
+                "users",
+                "create",
+                "--email",
+                email,
+                "--role",
+                "staff",
+                stdin=password + "\n",
+            )
+            assert made.returncode == 0, made.stderr
+            self.has_account = True
+        return email, password
+
     @asynccontextmanager
     async def console(self) -> AsyncIterator[httpx.AsyncClient]:
-        """A signed-in console session (a staff account made by `uanet users create`)."""
-        email, password = f"{self.name.lower()}-coordinator@example.org", "a long test password"
-        made = await asyncio.to_thread(
-            self.stack.cli,
-            "users",
-            "create",
-            "--email",
-            email,
-            "--role",
-            "staff",
-            stdin=password + "\n",
-        )
-        assert made.returncode == 0, made.stderr
+        """A signed-in console session."""
+        email, password = await self.console_account()
         async with httpx.AsyncClient(base_url=self.stack.url("publisher"), timeout=30) as client:
             login = await client.get("/login")
             csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text)
@@ -85,6 +94,23 @@ class Office:
             )
             assert signed_in.status_code == 303, signed_in.text
             yield client
+
+    @asynccontextmanager
+    async def console_in_chromium(self, browser: Browser) -> AsyncIterator[Page]:
+        """A page of headless Chromium signed in to this office's console."""
+        email, password = await self.console_account()
+        base = self.stack.url("publisher")
+        context = await browser.new_context(viewport={"width": 1320, "height": 900})
+        try:
+            page = await context.new_page()
+            await page.goto(f"{base}/login")
+            await page.fill("input[name=email]", email)
+            await page.fill("input[name=password]", password)
+            await page.click("button:has-text('Sign in')")
+            await page.wait_for_url(lambda url: "/login" not in url)
+            yield page
+        finally:
+            await context.close()
 
     def mails_to_members(self, subject_part: str = "") -> list[Any]:
         return [
