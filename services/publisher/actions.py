@@ -42,13 +42,26 @@ class ActionConflict(Exception):
     """The action is not in a state that allows this (HTTP 409)."""
 
 
-class InvalidFollowUp(Exception):
-    """A follow-up that does not fit its action (HTTP 422 naming ``field``)."""
+class InvalidField(Exception):
+    """A request that is well formed but does not fit what is here (HTTP 422 naming ``field``)."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
         self.message = message
+
+
+class InvalidFollowUp(InvalidField):
+    """A follow-up that does not fit its action."""
+
+
+async def _check_sections(session: AsyncSession, codes: list[str] | None) -> None:
+    """An action's ``sections`` name sections of this hub (`uanet sections list`)."""
+    unknown = await federation.unknown_sections(session, codes or [])
+    if unknown:
+        raise InvalidField(
+            "sections", f"no such section here: {', '.join(unknown)} (see uanet sections list)"
+        )
 
 
 def parse_action_id(raw: str) -> uuid.UUID:
@@ -117,6 +130,7 @@ async def create_action(
     Two drafts created at once on PostgreSQL may pick the same number: the unique constraint
     refuses the second (IntegrityError at flush) and the caller retries in a new transaction.
     """
+    await _check_sections(session, action_in.sections)
     now = now or utcnow()
     last = (
         await session.execute(
@@ -165,6 +179,8 @@ async def edit_draft(
     if action.status != "draft":
         raise ActionConflict(f"{action.reference} is {action.status}; only a draft can be edited")
     merged = UrgentActionCreate.model_validate({**_current_fields(action), **changes})
+    if "sections" in changes:  # a section removed since does not hold back other edits
+        await _check_sections(session, merged.sections)
     changed = []
     for name, value in _stored_fields(merged).items():
         if getattr(action, name) != value:

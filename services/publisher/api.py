@@ -380,8 +380,8 @@ def install_error_responses(app: FastAPI) -> None:
     async def conflict(request: Request, exc: domain.ActionConflict) -> Response:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
-    @app.exception_handler(domain.InvalidFollowUp)
-    async def invalid_follow_up(request: Request, exc: domain.InvalidFollowUp) -> Response:
+    @app.exception_handler(domain.InvalidField)
+    async def invalid_field(request: Request, exc: domain.InvalidField) -> Response:
         return JSONResponse(
             {
                 "detail": f"invalid: {exc.field}",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,13 @@ from sqlalchemy import select
 from services.publisher.audit import Actor
 from services.publisher.federation import hub
 from services.publisher.federation.models import Section
+from services.publisher.federation.section import CountsReporter, ensure_hub_endpoint
 from services.publisher.tally import stats_changed_at
 from services.publisher.webhooks.models import WebhookDelivery, WebhookEvent
 from services.publisher.webhooks.standard import new_event_id, signed_headers
 from shared.db import utcnow
-from tests.publisher.conftest import Api, _open_api, migrated, publisher_settings
+from shared.settings import Settings
+from tests.publisher.conftest import Api, _open_api, migrated, publisher_settings, sample_action
 from tests.publisher.console_support import Browser, make_user
 
 OPERATOR = Actor("cli", "test")
@@ -95,31 +98,44 @@ class SectionOffice:
         return None
 
     async def audit(self, event: str) -> list[dict[str, Any]]:
-        got = await self.api.client.get(
-            "/api/v1/audit", params={"event": event}, headers=self.api.auth("admin")
-        )
-        items: list[dict[str, Any]] = got.json()["items"]
-        return items
+        return await audit_of(self.api, event)
+
+
+async def audit_of(office: Api, event: str) -> list[dict[str, Any]]:
+    got = await office.client.get(
+        "/api/v1/audit", params={"event": event}, headers=office.auth("admin")
+    )
+    items: list[dict[str, Any]] = got.json()["items"]
+    return items
+
+
+@asynccontextmanager
+async def open_section(
+    office: Api, tmp_path: Path, code: str, auto: str = "none"
+) -> AsyncIterator[tuple[SectionOffice, Settings]]:
+    """A section added on the hub and its own uanet, set up with the key the hub gave it."""
+    key = await add_section(office, code)
+    url = await migrated(f"sqlite+aiosqlite:///{tmp_path / f'{code}.db'}")
+    settings = publisher_settings(url).model_copy(
+        update={
+            "hub_url": "https://hub.example.org",
+            "section_code": code,
+            "hub_key": SecretStr(key),
+            "syndication_auto_publish": auto,
+        }
+    )
+    opened, close = await _open_api(url, settings)
+    try:
+        yield SectionOffice(opened, code, key), settings
+    finally:
+        await close()
 
 
 @pytest.fixture
 async def section_uk(office: Api, tmp_path: Path) -> AsyncIterator[SectionOffice]:
     """Section UK, publishing urgent hub actions on arrival."""
-    key = await add_section(office, "UK")
-    url = await migrated(f"sqlite+aiosqlite:///{tmp_path / 'uk.db'}")
-    settings = publisher_settings(url).model_copy(
-        update={
-            "hub_url": "https://hub.example.org",
-            "section_code": "UK",
-            "hub_key": SecretStr(key),
-            "syndication_auto_publish": "urgent",
-        }
-    )
-    opened, close = await _open_api(url, settings)
-    try:
-        yield SectionOffice(opened, "UK", key)
-    finally:
-        await close()
+    async with open_section(office, tmp_path, "UK", "urgent") as (section, _):
+        yield section
 
 
 async def test_a_follow_up_and_close_before_their_action_wait_for_it(
@@ -225,8 +241,97 @@ async def test_follow_ups_and_the_close_go_only_to_the_sections_the_action_went_
     ]
     assert await calls("DE") == [("action.published", every), ("action.closed", every)]
     assert await calls("ES") == []
+    later = await office.publish((await office.create(title="Later"))["id"])
     async with office.app.state.database.read() as session:
         assert await hub.sent_to(session, uuid.UUID(to_all["id"])) == ["DE", "UK"]
+        # Nothing goes to a removed section: no row, and its inbox went with its deliveries.
+        assert await hub.sent_to(session, uuid.UUID(later["id"])) == ["DE", "ES", "UK"]
+        removed = await session.get(Section, "FR")
+        assert removed is not None and removed.removed_at is not None
+        assert not (
+            await session.execute(
+                select(WebhookDelivery.id).where(WebhookDelivery.endpoint_id == removed.endpoint_id)
+            )
+        ).all()
+    added = [e["subject"].split()[1] for e in await audit_of(office, "section.added")]
+    assert sorted(added) == ["DE", "ES", "FR", "UK"]
+    assert [e["subject"] for e in await audit_of(office, "section.removed")] == ["section FR"]
+
+
+async def test_an_action_names_only_sections_the_hub_has(office: Api) -> None:
+    """Unknown (or removed) codes in ``sections``: 422 naming the field, on create and edit."""
+    await add_section(office, "UK")
+    await add_section(office, "FR")
+    await remove_section(office, "FR")
+    for codes in (["XX"], ["UK", "FR"]):
+        refused = await office.client.post(
+            "/api/v1/actions", json=sample_action(sections=codes), headers=office.auth("staff")
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"][0]["field"] == "sections"
+        assert codes[-1] in refused.json()["errors"][0]["message"]
+    draft = await office.create(sections=["uk"])
+    assert draft["sections"] == ["UK"]
+    edited = await office.client.patch(
+        f"/api/v1/actions/{draft['id']}", json={"sections": ["ZZ"]}, headers=office.auth("staff")
+    )
+    assert edited.status_code == 422 and edited.json()["errors"][0]["field"] == "sections"
+    published = await office.publish(draft["id"])
+    async with office.app.state.database.read() as session:
+        assert await hub.sent_to(session, uuid.UUID(published["id"])) == ["UK"]
+
+
+async def test_a_section_declines_a_hub_action_and_the_hub_sees_it(
+    office: Api, tmp_path: Path
+) -> None:
+    """Section FR (no auto-publish) gets a draft, declines it (audited), reports ``declined``;
+    the hub's close of it then changes nothing there."""
+    async with open_section(office, tmp_path, "FR") as (fr, settings):
+        opened, key = fr.api, fr.key
+        await ensure_hub_endpoint(opened.app.state.database, settings, opened.app.state.sealing_key)
+        action = await office.publish((await office.create())["id"])
+        ((webhook_id, published),) = await sent_to(office, "FR")
+        assert await fr.deliver(webhook_id, published) == 204
+        draft = await fr.copy_of(action["id"])
+        assert draft is not None and draft["status"] == "draft"
+        assert not await fr.audit("hub_action.auto_published")
+        declined = await opened.client.post(
+            f"/api/v1/actions/{draft['id']}/decline", headers=opened.auth("staff")
+        )
+        assert declined.status_code == 200 and declined.json()["status"] == "declined"
+        (entry,) = await fr.audit("hub_action.declined")
+        assert entry["action_id"] == draft["id"] and entry["actor"] == "test staff"
+        again = await opened.client.post(
+            f"/api/v1/actions/{draft['id']}/decline", headers=opened.auth("staff")
+        )
+        assert again.status_code == 409
+
+        assert await CountsReporter(opened.app.state.database, lambda: None).report_once() == 1
+        async with opened.app.state.database.read() as session:
+            body = (
+                await session.execute(
+                    select(WebhookEvent.body).where(WebhookEvent.type == "section.counts")
+                )
+            ).scalar_one()
+        report = json.loads(body)["data"]
+        assert report["status"] == "declined" and report["published_at"] is None
+        assert await report_counts(office, "FR", key, report) == 204
+        stats = await office.client.get(
+            f"/api/v1/actions/{action['id']}/stats", headers=office.auth("coordinator")
+        )
+        assert stats.json()["sections"]["FR"]["status"] == "declined"
+
+        closed = await office.client.post(
+            f"/api/v1/actions/{action['id']}/close",
+            json={"outcome": "released"},
+            headers=office.auth("staff"),
+        )
+        assert closed.status_code == 200
+        (_, close_call) = (await sent_to(office, "FR"))[-1]
+        assert close_call["type"] == "action.closed"
+        assert await fr.deliver(new_event_id(), close_call) == 204
+        after = await fr.copy_of(action["id"])
+        assert after is not None and after["status"] == "declined"
 
 
 async def report_counts(office: Api, code: str, key: str, data: dict[str, Any]) -> int:

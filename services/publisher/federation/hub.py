@@ -191,6 +191,15 @@ async def send_to_sections(session: AsyncSession, action: UrgentAction) -> list[
     return codes
 
 
+async def unknown_sections(session: AsyncSession, codes: list[str]) -> list[str]:
+    """Those of ``codes`` that name no live section of this hub."""
+    if not codes:
+        return []
+    query = select(Section.code).where(Section.code.in_(codes), Section.removed_at.is_(None))
+    live = set((await session.execute(query)).scalars())
+    return [code for code in codes if code not in live]
+
+
 async def sent_to(session: AsyncSession, action_id: uuid.UUID) -> list[str]:
     """The live sections the action went to: its follow-ups and close go to these only (a
     section added later never got it, and would be asked for something it cannot place)."""
