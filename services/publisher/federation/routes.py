@@ -48,7 +48,13 @@ def _unauthorized(why: str) -> Response:
     return JSONResponse({"detail": "not signed by a known section"}, status_code=401)
 
 
-@router.post("/inbox", status_code=status.HTTP_204_NO_CONTENT, responses=SIGNED)
+INBOX_RESPONSES = {
+    **SIGNED,
+    409: {"description": "A follow-up or close of an action not received yet: send it again"},
+}
+
+
+@router.post("/inbox", status_code=status.HTTP_204_NO_CONTENT, responses=INBOX_RESPONSES)
 async def inbox(request: Request, database: DatabaseDep) -> Response:
     """On a section: an action, a follow-up or a close from the hub (the hub's webhook event)."""
     settings: Settings = request.app.state.settings
