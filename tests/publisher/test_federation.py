@@ -8,10 +8,12 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from pydantic import SecretStr
 from sqlalchemy import select
 
@@ -20,12 +22,14 @@ from services.publisher.federation import hub
 from services.publisher.federation.models import Section
 from services.publisher.federation.section import CountsReporter, ensure_hub_endpoint
 from services.publisher.tally import stats_changed_at
+from services.publisher.webhooks.delivery import WebhookDeliverer
 from services.publisher.webhooks.models import WebhookDelivery, WebhookEvent
 from services.publisher.webhooks.standard import new_event_id, signed_headers
 from shared.db import utcnow
 from shared.settings import Settings
 from tests.publisher.conftest import Api, _open_api, migrated, publisher_settings, sample_action
 from tests.publisher.console_support import Browser, make_user
+from tests.support import eventually, free_port
 
 OPERATOR = Actor("cli", "test")
 
@@ -40,14 +44,14 @@ async def office(tmp_path: Path) -> AsyncIterator[Api]:
         await close()
 
 
-async def add_section(office: Api, code: str) -> str:
+async def add_section(office: Api, code: str, url: str | None = None) -> str:
     """``uanet sections add``; returns the section's key."""
     async with office.app.state.database.write() as session:
         _, key = await hub.add_section(
             session,
             code=code,
             name=f"Section {code}",
-            url=f"https://{code.lower()}.example.org",
+            url=url or f"https://{code.lower()}.example.org",
             secret_key=office.app.state.sealing_key,
             actor=OPERATOR,
         )
@@ -407,3 +411,60 @@ async def test_the_hub_stats_list_only_sections_that_reported(office: Api) -> No
     ).json()
     assert stats["sections"] == {}
     assert stats["network"]["recipients"] == {"email": 0, "sms": 0}
+
+
+async def test_the_hubs_deliverer_sends_a_refused_close_again_until_it_is_taken(
+    office: Api,
+) -> None:
+    """The other half of the order fix, on the hub: a section's 409 (or any other refusal) is
+    tried again, never given up; once the action is taken, what waits goes at once."""
+    answered: list[tuple[str, int]] = []
+    have: set[str] = set()
+
+    async def inbox(request: web.Request) -> web.Response:
+        event = json.loads(await request.read())
+        action_id = event["data"].get("action_id") or event["data"]["id"]
+        if event["type"] == "action.published":
+            published = [a for a in answered if a[0] == "action.published"]
+            status = 503 if not published else 204  # down the first time
+            if status == 204:
+                have.add(action_id)
+        else:
+            status = 204 if action_id in have else 409
+        answered.append((event["type"], status))
+        return web.Response(status=status)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/federation/inbox", inbox)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    deliverer = WebhookDeliverer(
+        office.app.state.database,
+        secret_key=office.app.state.sealing_key,
+        # Longer than the test waits after the first tries: only the catch-up sends them.
+        retry_delays=[timedelta(seconds=1), timedelta(minutes=10)],
+        disable_after=timedelta(days=5),
+    )
+    try:
+        await add_section(office, "UK", f"http://127.0.0.1:{port}")
+        action = await office.publish((await office.create())["id"])
+        closed = await office.client.post(
+            f"/api/v1/actions/{action['id']}/close",
+            json={"outcome": "released"},
+            headers=office.auth("staff"),
+        )
+        assert closed.status_code == 200
+        deliverer.start()
+        await eventually(
+            lambda: ("action.closed", 204) in answered, timeout=20, what="the close taken"
+        )
+    finally:
+        await deliverer.stop()
+        await runner.cleanup()
+    assert ("action.closed", 409) in answered
+    assert answered.index(("action.published", 204)) < answered.index(("action.closed", 204))
+    async with office.app.state.database.read() as session:
+        states = (await session.execute(select(WebhookDelivery.state))).scalars().all()
+    assert set(states) == {"delivered"}
