@@ -114,10 +114,13 @@ async def watched(
 
 
 async def _until_dropped(broker: Broker) -> None:
-    """What a broker call whose answer never comes does: it ends only with its connection."""
+    """What a broker call whose answer never comes does: it ends only with its connection, and
+    then fails as its connection did (calling the real one afterwards, on a connection that is
+    gone, could wait for ever under load: a stall of the test's making, not the broker's)."""
     connection = broker._connection
     assert connection is not None and connection.transport is not None
     await asyncio.shield(connection.transport.connection.closing)
+    raise ConnectionError("the connection was dropped under a broker call")
 
 
 async def _stuck_then_made_again(
