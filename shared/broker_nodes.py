@@ -15,7 +15,7 @@ import logging
 import random
 from typing import Any
 
-import aio_pika
+from aio_pika.connection import make_url
 from aio_pika.robust_connection import RobustConnection
 from yarl import URL
 
@@ -74,14 +74,7 @@ async def connect_cluster(urls: str, *, name: str) -> ClusterConnection:
     for offset in range(len(nodes)):
         first = (start + offset) % len(nodes)
         try:
-            connection: ClusterConnection = await aio_pika.connect_robust(
-                nodes[first],
-                client_properties={"connection_name": name},
-                connection_class=ClusterConnection,
-                nodes=nodes,
-                first=first,
-                reconnect_interval=RECONNECT_INTERVAL,
-            )
+            connection = await _connect_one(nodes, first, name)
         except Exception as exc:  # noqa: BLE001 - the next node may answer
             where = node_of(nodes[first])
             log.warning("broker node %s not reachable (%s)", where, type(exc).__name__)
@@ -90,3 +83,26 @@ async def connect_cluster(urls: str, *, name: str) -> ClusterConnection:
         return connection
     assert error is not None
     raise error
+
+
+async def _connect_one(nodes: list[str], first: int, name: str) -> ClusterConnection:
+    """``aio_pika.connect_robust``, except that a start cancelled or failed closes what it began:
+    the connection's own reconnect task would live on, held by no one and connecting for ever
+    (it takes a cancellation for one more failed attempt), as when a process is stopped while
+    it is still connecting."""
+    options: dict[str, Any] = {
+        "nodes": nodes,
+        "first": first,
+        "reconnect_interval": RECONNECT_INTERVAL,
+    }
+    connection = ClusterConnection(
+        make_url(nodes[first], **options),
+        client_properties={"connection_name": name},
+        **options,
+    )
+    try:
+        await connection.connect()
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
