@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import DateTime, Index, String, Text, delete, event, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -238,6 +239,21 @@ def outbox_values(message: events.Message) -> dict[str, Any]:
 def outbox_row(model: type[OutboxMixin], message: events.Message) -> OutboxMixin:
     row: OutboxMixin = model(**outbox_values(message))
     return row
+
+
+async def insert_or_ignore(
+    session: AsyncSession, model: type[Any], values: dict[str, Any] | Sequence[dict[str, Any]]
+) -> int:
+    """Insert unless a unique key already holds the row; returns how many rows were inserted.
+
+    Used where two requests (or two processes, or two queues) may race to record one thing.
+    """
+    rows = [values] if isinstance(values, dict) else list(values)
+    if not rows:
+        return 0
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    result = await session.execute(dialect.insert(model).values(rows).on_conflict_do_nothing())
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def already_processed(

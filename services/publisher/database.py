@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import DeclarativeBase
 
 
 class Database:
@@ -37,15 +35,6 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncSession]:
         async with self.sessionmaker() as session, session.begin():
             yield session
-
-
-async def insert_or_ignore(
-    session: AsyncSession, model: type[DeclarativeBase], values: dict[str, Any]
-) -> int:
-    """Insert the row unless its key is taken; returns how many rows went in (0 or 1)."""
-    module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    result = await session.execute(module.insert(model).values(values).on_conflict_do_nothing())
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def database_of_app(request: Request) -> Database:

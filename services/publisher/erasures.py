@@ -13,9 +13,8 @@ import uuid
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.publisher.database import insert_or_ignore
 from services.publisher.models import ErasedSubscriber
-from shared.db import utcnow
+from shared.db import insert_or_ignore, utcnow
 
 
 async def _person_turn(session: AsyncSession, subscriber_id: uuid.UUID) -> None:

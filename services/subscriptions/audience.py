@@ -30,7 +30,7 @@ from services.subscriptions.models import (
 )
 from services.subscriptions.pacing import Pacer, Unpaced
 from services.subscriptions.schemas import Frequency
-from shared.db import outbox_row, utcnow
+from shared.db import insert_or_ignore, outbox_row, utcnow
 from shared.events import Audience, AudienceCounted, Channel, DeliveryBatch, Recipient
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def _frequency(value: str) -> Frequency:
 
 
 async def start_progress(session: AsyncSession, action_id: uuid.UUID, message_kind: str) -> None:
-    await store.insert_or_ignore(
+    await insert_or_ignore(
         session,
         AudienceProgress,
         {

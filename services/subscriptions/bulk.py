@@ -45,7 +45,7 @@ from services.subscriptions.schemas import (
     normalize_phone,
 )
 from services.subscriptions.subscribers import confirmation_message, may_ask_to_confirm
-from shared.db import outbox_row, utcnow
+from shared.db import insert_or_ignore, outbox_row, utcnow
 from shared.logs import mask_address
 from shared.spreadsheet import csv_writer, read_cell
 
@@ -458,7 +458,7 @@ async def import_suppressions(
                 values.setdefault(parsed["address"], {**parsed, "at": utcnow()})
                 report.taken += 1
         async with sessionmaker() as session, session.begin():
-            inserted = await store.insert_or_ignore(session, Suppression, list(values.values()))
+            inserted = await insert_or_ignore(session, Suppression, list(values.values()))
             await store.touch_subscribers_with(session, list(values))
         report.unchanged += len(values) - inserted
     return report

@@ -38,7 +38,7 @@ from services.subscriptions.models import (
 from services.subscriptions.responses import lock_subscriber, record_response
 from services.subscriptions.schemas import LetterCreate
 from services.subscriptions.subscribers import may_ask_to_confirm
-from shared.db import outbox_row, utcnow
+from shared.db import insert_or_ignore, outbox_row, utcnow
 from shared.events import LetterRequested, LetterWritten, Target, TransactionalMessage
 from shared.tokens import CONFIRM_MAX_AGE
 
@@ -112,7 +112,7 @@ async def request_letter(
     if asking and not await _may_ask(session, links, letter.email):
         return "check_refused"
     targets = len(email_targets(action))
-    inserted = await store.insert_or_ignore(
+    inserted = await insert_or_ignore(
         session,
         Letter,
         {

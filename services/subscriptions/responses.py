@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.subscriptions import store
 from services.subscriptions.models import ActionRecipient, Outbox, Response, Subscriber
-from shared.db import outbox_row, utcnow
+from shared.db import insert_or_ignore, outbox_row, utcnow
 from shared.events import ResponseKind, ResponseRecorded, ResponseSource
 
 # SMS reports take their id from Twilio's MessageSid, so a retried webhook counts once.
@@ -116,7 +116,7 @@ async def record_response(
 
     Returns False for a report already recorded (same report id): nothing changes.
     """
-    inserted = await store.insert_or_ignore(
+    inserted = await insert_or_ignore(
         session,
         Response,
         {

@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from sqlalchemy import delete, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.subscriptions.models import Base, Subscriber, Suppression
-from shared.db import utcnow
+from services.subscriptions.models import Subscriber, Suppression
+from shared.db import insert_or_ignore, utcnow
 
 
 def is_postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
-
-
-async def insert_or_ignore(
-    session: AsyncSession, model: type[Base], values: dict[str, Any] | Sequence[dict[str, Any]]
-) -> int:
-    """Insert unless a unique key already holds the row; returns how many rows were inserted.
-
-    Used where two requests (or two processes) may race to record the same thing.
-    """
-    rows = [values] if isinstance(values, dict) else list(values)
-    if not rows:
-        return 0
-    insert = pg_insert if is_postgres(session) else sqlite_insert
-    statement = insert(model).values(rows).on_conflict_do_nothing()
-    result = await session.execute(statement)
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def subscriber_by_public_id(

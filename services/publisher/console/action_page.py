@@ -30,7 +30,7 @@ from services.publisher.console.common import (
     require_user,
     see_other,
 )
-from services.publisher.federation.hub import sections_sent, with_network
+from services.publisher.federation.hub import sent_to, with_network
 from services.publisher.feedback import action_feedback
 from services.publisher.models import StaffUser, UrgentAction
 from services.publisher.reports import csv_filename, stats_csv
@@ -81,7 +81,7 @@ async def _action_page(
 ) -> HTMLResponse:
     async with database_of(request).read() as session:
         stats = await with_network(session, await read_stats(session=session, action_id=action.id))
-        section_codes = await sections_sent(session, action.id)
+        section_codes = await sent_to(session, action.id, removed_too=True)
         bounces = await bounces_of(session=session, action_id=action.id)
         history, history_total = await audit.list_entries(
             session=session, limit=HISTORY_SIZE, offset=0, action_id=action.id

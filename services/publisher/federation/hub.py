@@ -38,7 +38,7 @@ from services.publisher.webhooks.models import (
 )
 from services.publisher.webhooks.registry import check_endpoint_url
 from services.publisher.webhooks.standard import new_secret
-from shared.db import utcnow
+from shared.db import insert_or_ignore, utcnow
 from shared.sealing import seal
 
 CHANNELS = ("email", "sms")
@@ -175,19 +175,23 @@ async def send_to_sections(session: AsyncSession, action: UrgentAction) -> list[
         query = query.where(Section.code.in_(action.sections))
     codes = list((await session.execute(query.order_by(Section.code))).scalars())
     now = utcnow()
-    for code in codes:
-        if await session.get(SectionCounts, (code, action.id)) is None:
-            session.add(
-                SectionCounts(
-                    section_code=code,
-                    action_id=action.id,
-                    status=SENT,
-                    counts={},
-                    version=0,
-                    updated_at=now,
-                    sent_at=now,
-                )
-            )
+    # One statement; a section's row that exists already (a report came first) is kept.
+    await insert_or_ignore(
+        session,
+        SectionCounts,
+        [
+            {
+                "section_code": code,
+                "action_id": action.id,
+                "status": SENT,
+                "counts": {},
+                "version": 0,
+                "updated_at": now,
+                "sent_at": now,
+            }
+            for code in codes
+        ],
+    )
     return codes
 
 
@@ -200,27 +204,19 @@ async def unknown_sections(session: AsyncSession, codes: list[str]) -> list[str]
     return [code for code in codes if code not in live]
 
 
-async def sent_to(session: AsyncSession, action_id: uuid.UUID) -> list[str]:
-    """The live sections the action went to: its follow-ups and close go to these only (a
-    section added later never got it, and would be asked for something it cannot place)."""
-    query = (
-        select(SectionCounts.section_code)
-        .join(Section, Section.code == SectionCounts.section_code)
-        .where(SectionCounts.action_id == action_id, Section.removed_at.is_(None))
-        .order_by(SectionCounts.section_code)
-    )
-    return list((await session.execute(query)).scalars())
-
-
-async def sections_sent(session: AsyncSession, action_id: uuid.UUID) -> list[str]:
-    """Every section the action was sent to or that reported on it (removed ones included:
-    their counts stay), for the console's table: a line each, waiting until it reports."""
-    query = (
-        select(SectionCounts.section_code)
-        .where(SectionCounts.action_id == action_id)
-        .order_by(SectionCounts.section_code)
-    )
-    return list((await session.execute(query)).scalars())
+async def sent_to(
+    session: AsyncSession, action_id: uuid.UUID, *, removed_too: bool = False
+) -> list[str]:
+    """The sections the action went to (or that reported on it). Live ones only by default:
+    its follow-ups and close go to these (a section added later never got it, and would be
+    asked for something it cannot place). ``removed_too`` for the console's table, where a
+    removed section's counts stay: a line each, waiting until it reports."""
+    query = select(SectionCounts.section_code).where(SectionCounts.action_id == action_id)
+    if not removed_too:
+        query = query.join(Section, Section.code == SectionCounts.section_code).where(
+            Section.removed_at.is_(None)
+        )
+    return list((await session.execute(query.order_by(SectionCounts.section_code))).scalars())
 
 
 async def take_counts(session: AsyncSession, section: Section, report: CountsReport) -> bool:

@@ -15,7 +15,7 @@ import uuid
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.publisher.database import Database, insert_or_ignore
+from services.publisher.database import Database
 from services.publisher.erasures import is_erased, mark_erased
 from services.publisher.models import (
     Outreach,
@@ -24,7 +24,7 @@ from services.publisher.models import (
     UrgentAction,
 )
 from shared import events
-from shared.db import already_processed, utcnow
+from shared.db import already_processed, insert_or_ignore, utcnow
 from shared.messaging import Delivery, Reject
 
 log = logging.getLogger(__name__)
