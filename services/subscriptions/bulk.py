@@ -45,7 +45,7 @@ from services.subscriptions.schemas import (
     normalize_phone,
 )
 from services.subscriptions.subscribers import confirmation_message, may_ask_to_confirm
-from shared.db import insert_or_ignore, outbox_row, utcnow
+from shared.db import insert_or_ignore, outbox_row, refresh_statistics, utcnow
 from shared.logs import mask_address
 from shared.spreadsheet import csv_writer, read_cell
 
@@ -215,6 +215,10 @@ async def import_subscribers(
         refusals += await _take_chunk(sessionmaker, accepted, report, confirmed, links)
         for refusal in sorted(refusals, key=lambda r: r.line):
             _refuse(report, on_refused, refusal)
+    if report.taken:
+        # An action published right after the import is planned on what it imported.
+        async with sessionmaker() as session, session.begin():
+            await refresh_statistics(session, SUBSCRIBERS.name, CONSENTS.name)
     return report
 
 
@@ -461,6 +465,10 @@ async def import_suppressions(
             inserted = await insert_or_ignore(session, Suppression, list(values.values()))
             await store.touch_subscribers_with(session, list(values))
         report.unchanged += len(values) - inserted
+    if report.taken:
+        # Every page of an audience looks its addresses up in this list.
+        async with sessionmaker() as session, session.begin():
+            await refresh_statistics(session, Suppression.__tablename__)
     return report
 
 
