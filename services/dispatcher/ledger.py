@@ -8,6 +8,7 @@ holds right now are reported as busy, so the caller retries the batch later inst
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,16 +16,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    and_,
     func,
-    or_,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.base import Executable
 
-from services.dispatcher.ledger_writes import CLAIM_PG, KEY, deliveries, is_postgres
+from services.dispatcher.ledger_writes import CLAIM_PG, CLAIM_SQLITE, KEY, deliveries, is_postgres
 from services.dispatcher.ledger_writes import RECORD_OUTCOME as RECORD_OUTCOME
 from services.dispatcher.ledger_writes import record_outcomes as record_outcomes
 from services.dispatcher.models import (
@@ -111,66 +111,28 @@ async def claim(
     if not recipients:
         return result  # everyone held (quiet hours, digest); an empty executemany would insert
     wanted = {key_of(r) for r in recipients}
-    subscriber_ids = sorted({k[0] for k in wanted})
+    keys = sorted(wanted)  # key order, like every other writer: no lock-order deadlock
+    common: dict[str, Any] = {
+        "action_id": action_id,
+        "message_kind": message_kind,
+        "token": token,
+        "now": now,
+        "stale": now - CLAIM_LEASE,
+    }
+    statement: Executable = CLAIM_PG
     if is_postgres(session):
-        keys = sorted(wanted)
-        taken = await session.execute(
-            CLAIM_PG,
-            {
-                "action_id": action_id,
-                "message_kind": message_kind,
-                "token": token,
-                "now": now,
-                "stale": now - CLAIM_LEASE,
-                "subscriber_ids": [sid for sid, _ in keys],
-                "channels": [channel for _, channel in keys],
-            },
-        )
-        result.mine = {(sid, channel): row_id for row_id, sid, channel in taken.all()}
-        if len(result.mine) < len(wanted):
-            # A redelivered batch or one handled twice at once: what is the rest doing?
-            await _count_others(session, action_id, message_kind, wanted, result)
-        return result
-    for ids in _chunks(subscriber_ids):
-        scope = and_(
-            Delivery.action_id == action_id,
-            Delivery.message_kind == message_kind,
-            Delivery.subscriber_id.in_(ids),
-        )
-        # Take back what failed temporarily or was abandoned by a dead process.
-        await session.execute(
-            update(Delivery)
-            .where(
-                scope,
-                or_(
-                    Delivery.status == RETRY,
-                    and_(Delivery.status == SENDING, Delivery.updated_at < now - CLAIM_LEASE),
-                ),
-            )
-            .values(
-                status=SENDING, claim_token=token, attempts=Delivery.attempts + 1, updated_at=now
-            )
-            .execution_options(synchronize_session=False)
-        )
-    new_rows = [
-        {
-            "action_id": action_id,
-            "message_kind": message_kind,
-            "subscriber_id": sid,
-            "channel": channel,
-            "status": SENDING,
-            "claim_token": token,
-            "attempts": 1,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for sid, channel in sorted(wanted)
-    ]
-    # One executemany of a cached statement: a multi-VALUES insert is compiled anew per chunk,
-    # which cost more than the database work. A row that exists already (any state) is left as
-    # it is.
-    await session.execute(_insert_new(session), new_rows)
-    await _count_others(session, action_id, message_kind, wanted, result)
+        common["subscriber_ids"] = [sid for sid, _ in keys]
+        common["channels"] = [channel for _, channel in keys]
+    else:
+        statement = CLAIM_SQLITE
+        common["keys"] = json.dumps(keys)
+    # New rows are inserted, a ``retry`` or abandoned ``sending`` one taken back, in one
+    # statement that names the rows this handling now owns.
+    taken = await session.execute(statement, common)
+    result.mine = {(sid, channel): row_id for row_id, sid, channel in taken.all()}
+    if len(result.mine) < len(wanted):
+        # A redelivered batch or one handled twice at once: what is the rest doing?
+        await _count_others(session, action_id, message_kind, wanted, result)
     return result
 
 
