@@ -12,6 +12,7 @@ from email.utils import parseaddr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rendering.renderer import Renderer
+from services.dispatcher.group_commit import OutcomeCommits
 from services.dispatcher.identity import MessageRef, MessageTags
 from services.dispatcher.schedule import Clock, system_clock
 from services.dispatcher.senders import EmailSender, SmsSender
@@ -57,9 +58,12 @@ class Adapters:
 
     # Alert SMS before confirmations, on the SMS rate (``sms_lane``).
     sms_lane: SmsLane = field(init=False)
+    # The outcomes of every batch in flight, committed together (``group_commit``).
+    outcomes: OutcomeCommits = field(init=False)
 
     def __post_init__(self) -> None:
         self.sms_lane = SmsLane(self.sms_rate, shared=self.shared_alert_mark)
+        self.outcomes = OutcomeCommits(self.sessionmaker, lambda: self.notify())
         if self.tags is None:
             self.tags = MessageTags(None, domain=self.renderer.message_id_domain)
 

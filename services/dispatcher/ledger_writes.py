@@ -10,7 +10,8 @@ cost half again as much as on SQLite.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -32,10 +33,11 @@ from sqlalchemy import (
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.dispatcher.models import RETRY, SENDING, Delivery, Outbox
-from shared.db import UTCDateTime, outbox_row, outbox_values
+from shared.db import UTCDateTime, outbox_row, outbox_values, sqlite_in_one_trip
 from shared.events import Message
 
 # The outcome of one claimed row, by id (Core executemany: the ORM's bulk update by primary key
@@ -173,6 +175,86 @@ RECORD_WITH_REPORTS_PG = (
     )
     .add_cte(RECORD_OUTCOMES_PG.returning(deliveries.c.id).cte("recorded"))
 )
+
+
+# SQLite: outcomes and their reports in one trip to the connection's thread (see
+# ``shared.db.sqlite_in_one_trip``), as plain statements with the columns' own bind processing.
+_RECORD_SQLITE = "UPDATE {table} SET {columns} WHERE id = ?".format(
+    table=deliveries.name,
+    columns=", ".join(f"{name} = ?" for name, _ in _OUTCOME_COLUMNS[1:]),
+)
+_REPORT_COLUMNS = ("id", "routing_key", "body", "created_at")
+_REPORT_SQLITE = "INSERT INTO {table} ({columns}) VALUES ({marks})".format(
+    table=_outbox.name, columns=", ".join(_REPORT_COLUMNS), marks=", ".join("?" * 4)
+)
+
+
+def _bind(table: Table, names: Sequence[str], dialect: Dialect) -> list[Callable[[Any], Any]]:
+    """Each column's value as SQLAlchemy would bind it (datetimes as text, JSON dumped), each
+    distinct value converted once: a commit's rows share their stamps."""
+
+    def binder(kind: Any) -> Callable[[Any], Any]:
+        process = kind.bind_processor(dialect)
+        if process is None:
+            return lambda value: value
+        seen: dict[Any, Any] = {}
+
+        def bound(value: Any) -> Any:
+            if value is None:
+                return None
+            try:
+                return seen[value]
+            except KeyError:
+                seen[value] = result = process(value)
+                return result
+            except TypeError:  # unhashable (a held recipient's JSON)
+                return process(value)
+
+        return bound
+
+    return [binder(table.c[name].type) for name in names]
+
+
+async def commit_outcomes(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    rows: Sequence[dict[str, Any]],
+    reports: Sequence[Message] = (),
+) -> None:
+    """``record_outcomes`` and its commit: on SQLite in one trip to the connection's thread."""
+    engine = sessionmaker.kw["bind"]
+    if engine.dialect.name == "postgresql":
+        async with sessionmaker() as session:
+            await record_outcomes(session, rows, reports)
+            await session.commit()
+        return
+    names = [name for name, _ in _OUTCOME_COLUMNS[1:]]
+    binders = _bind(deliveries, names, engine.dialect)
+    outcomes = [
+        (*(bind(row[name]) for bind, name in zip(binders, names, strict=True)), row["row_id"])
+        for row in rows
+    ]
+    report_binders = _bind(_outbox, _REPORT_COLUMNS, engine.dialect)
+    written = []
+    for event in reports:
+        values = outbox_values(event)
+        written.append(
+            tuple(
+                bind(values[name])
+                for bind, name in zip(report_binders, _REPORT_COLUMNS, strict=True)
+            )
+        )
+
+    def write(connection: sqlite3.Connection) -> None:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.executemany(_RECORD_SQLITE, outcomes)
+            connection.executemany(_REPORT_SQLITE, written)
+        except BaseException:
+            connection.rollback()
+            raise
+        connection.commit()
+
+    await sqlite_in_one_trip(engine, write)
 
 
 def is_postgres(session: AsyncSession) -> bool:

@@ -392,9 +392,7 @@ async def _record(
     ]
     # In id order, like every other writer: no lock-order deadlock on PostgreSQL.
     updates.sort(key=lambda row: int(row["row_id"]))
-    async with dispatcher.sessionmaker() as session:
-        await ledger.record_outcomes(session, updates, [*reports, *suppressions])
-        await session.commit()
+    # With the outcomes other batches hand in meanwhile, in one commit.
+    await dispatcher.outcomes.commit(updates, [*reports, *suppressions])
     context.recorded.update(int(row["row_id"]) for row in updates)
-    dispatcher.notify()
     return temporary

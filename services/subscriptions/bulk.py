@@ -215,8 +215,7 @@ async def import_subscribers(
         refusals += await _take_chunk(sessionmaker, accepted, report, confirmed, links)
         for refusal in sorted(refusals, key=lambda r: r.line):
             _refuse(report, on_refused, refusal)
-    if report.taken:
-        # An action published right after the import is planned on what it imported.
+    if report.taken:  # an action published at once is planned on what was imported
         async with sessionmaker() as session, session.begin():
             await refresh_statistics(session, SUBSCRIBERS.name, CONSENTS.name)
     return report
@@ -465,8 +464,7 @@ async def import_suppressions(
             inserted = await insert_or_ignore(session, Suppression, list(values.values()))
             await store.touch_subscribers_with(session, list(values))
         report.unchanged += len(values) - inserted
-    if report.taken:
-        # Every page of an audience looks its addresses up in this list.
+    if report.taken:  # every page of an audience looks its addresses up in this list
         async with sessionmaker() as session, session.begin():
             await refresh_statistics(session, Suppression.__tablename__)
     return report
