@@ -25,8 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.base import Executable
 
 from services.dispatcher.ledger_writes import CLAIM_PG, CLAIM_SQLITE, KEY, deliveries, is_postgres
-from services.dispatcher.ledger_writes import RECORD_OUTCOME as RECORD_OUTCOME
-from services.dispatcher.ledger_writes import record_outcomes as record_outcomes
+from services.dispatcher.ledger_writes import commit_outcomes as commit_outcomes
 from services.dispatcher.models import (
     CANCELLED,
     HELD_STATES,

@@ -1,6 +1,7 @@
 """The ledger's writes of many rows at once, one way per database.
 
-SQLite: an executemany of one cached statement (a loop in C, no round trip to save). PostgreSQL:
+SQLite: a claim is one statement, and a commit of outcomes one trip to the connection's thread
+(``shared.db.sqlite_in_one_trip``): every trip waits for a turn of the busy event loop. PostgreSQL:
 one statement for a whole batch's claims or a whole commit's outcomes, the rows passed as arrays
 and turned back into rows by ``unnest``; an executemany there is one statement execution per row
 on the server (parameters parsed, a plan, an index lookup each) and made the dispatcher's writes
@@ -37,14 +38,10 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.dispatcher.models import RETRY, SENDING, Delivery, Outbox
-from shared.db import UTCDateTime, outbox_row, outbox_values, sqlite_in_one_trip
+from shared.db import UTCDateTime, outbox_values, sqlite_in_one_trip
 from shared.events import Message
 
-# The outcome of one claimed row, by id (Core executemany: the ORM's bulk update by primary key
-# spent more time building parameters than the database spent writing). SQLite's way: there an
-# executemany is a loop in C over one prepared statement, with no round trip to pay.
 deliveries = cast(Table, Delivery.__table__)
-RECORD_OUTCOME = update(deliveries).where(deliveries.c.id == bindparam("row_id"))
 KEY = ["subscriber_id", "action_id", "message_kind", "channel"]  # uq_dispatch_delivery
 
 # PostgreSQL: a batch's claims.
@@ -122,7 +119,7 @@ CLAIM_SQLITE = text(
     retry=RETRY,
 )
 
-# (column, element type) of each array, in the order of the parameters of ``RECORD_OUTCOME``.
+# (column, element type) of each outcome's value: its row, then the columns it sets.
 _Stamp = postgresql.TIMESTAMP(timezone=True)
 _OUTCOME_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("row_id", BigInteger),
@@ -220,12 +217,13 @@ async def commit_outcomes(
     rows: Sequence[dict[str, Any]],
     reports: Sequence[Message] = (),
 ) -> None:
-    """``record_outcomes`` and its commit: on SQLite in one trip to the connection's thread."""
+    """Write and commit outcomes of claimed rows, in id order (dicts of ``row_id`` and the
+    columns it sets: those of ``_OUTCOME_COLUMNS``, the same keys in every row), with the events
+    that report them in the outbox."""
     engine = sessionmaker.kw["bind"]
     if engine.dialect.name == "postgresql":
         async with sessionmaker() as session:
-            await record_outcomes(session, rows, reports)
-            await session.commit()
+            await _record_pg(session, rows, reports)
         return
     names = [name for name, _ in _OUTCOME_COLUMNS[1:]]
     binders = _bind(deliveries, names, engine.dialect)
@@ -261,17 +259,9 @@ def is_postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-async def record_outcomes(
-    session: AsyncSession, rows: Sequence[dict[str, Any]], reports: Sequence[Message] = ()
+async def _record_pg(
+    session: AsyncSession, rows: Sequence[dict[str, Any]], reports: Sequence[Message]
 ) -> None:
-    """Write outcomes of claimed rows, in id order (dicts of ``row_id`` and the columns it
-    sets: those of ``_OUTCOME_COLUMNS``, the same keys in every row), with the events that
-    report them in the outbox. The caller commits."""
-    if not is_postgres(session):
-        if rows:
-            await session.execute(RECORD_OUTCOME, rows)
-        session.add_all([outbox_row(Outbox, event) for event in reports])
-        return
     arrays: dict[str, list[Any]] = {name: [] for name, _ in _OUTCOME_COLUMNS}
     for row in rows:
         for name, values in arrays.items():

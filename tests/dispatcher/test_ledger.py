@@ -309,9 +309,7 @@ async def test_claims_take_new_retry_and_abandoned_rows_and_leave_the_rest(
         }
         for row_id, status in sorted([(sent_id, "sent"), (retry_id, "retry")])
     ]
-    async with sessionmaker() as session:
-        await ledger.record_outcomes(session, rows)
-        await session.commit()
+    await ledger.commit_outcomes(sessionmaker, rows)
     # The SMS row is still ``sending`` with the first token: abandoned once the lease ran out.
     later = now + ledger.CLAIM_LEASE + timedelta(seconds=1)
     async with sessionmaker() as session, session.begin():
