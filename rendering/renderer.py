@@ -49,13 +49,23 @@ def clean_text(value: str) -> str:
     return _CONTROL.sub("", value.replace("\r\n", "\n").replace("\r", "\n"))
 
 
+# What the two functions below leave as it is (the usual value, checked in one pass: they run
+# four times a message, and their substitutions were 5 % of the dispatcher's time).
+_HEADER_FINE = re.compile(r"[!-~]+(?: [!-~]+)*")
+_URL_FINE = re.compile(r"[A-Za-z0-9_.~:/?#\[\]@!$&'()*+,;=%-]+")
+
+
 def header_safe(value: str, limit: int = 500) -> str:
     """A value for a header: one line, no control characters (so no header injection)."""
+    if _HEADER_FINE.fullmatch(value):
+        return value[:limit]
     return _SPACES.sub(" ", _HEADER_UNSAFE.sub(" ", value)).strip()[:limit]
 
 
 def safe_url(url: str) -> str:
     """A link fit for a header or an SMS: one line, ASCII (anything else percent-encoded)."""
+    if _URL_FINE.fullmatch(url):
+        return url[:2000]
     return quote(header_safe(url, limit=2000), safe=_URL_SAFE)
 
 

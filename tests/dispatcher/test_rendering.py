@@ -2,10 +2,16 @@ import email
 import email.policy
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rendering.renderer import (
+    _HEADER_UNSAFE,
+    _SPACES,
+    _URL_SAFE,
     FollowUpText,
     InvalidAddress,
     RecipientFill,
@@ -13,6 +19,7 @@ from rendering.renderer import (
     UrgentActionText,
     header_safe,
     pick_language,
+    safe_url,
 )
 from shared.events import ActionContent, Target, UpdateContent
 
@@ -236,3 +243,17 @@ def test_confirmation_email_without_unsubscribe_link_has_no_list_headers() -> No
     assert message["List-Unsubscribe"] is None
     assert message["Subject"] == "Confirma tu suscripción a las Acciones Urgentes"
     assert "http://x/confirm/C" in part(message, "plain")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x2FF), max_size=60))
+def test_the_quick_paths_of_header_and_url_cleaning_change_nothing(value: str) -> None:
+    """header_safe and safe_url skip their substitutions for a value they would leave as it
+    is: whatever the value, the result is the one the substitutions give."""
+
+    def slow(text: str, limit: int) -> str:
+        return _SPACES.sub(" ", _HEADER_UNSAFE.sub(" ", text)).strip()[:limit]
+
+    assert header_safe(value) == slow(value, 500)
+    for link in (value, "https://uanet.example/act/" + value):
+        assert safe_url(link) == quote(slow(link, 2000), safe=_URL_SAFE)
