@@ -191,7 +191,8 @@ def _bind(table: Table, names: Sequence[str], dialect: Dialect) -> list[Callable
     distinct value converted once: a commit's rows share their stamps."""
 
     def binder(kind: Any) -> Callable[[Any], Any]:
-        process = kind.bind_processor(dialect)
+        # The dialect's own type: a generic DateTime binds nothing, SQLite's makes its text.
+        process = kind.dialect_impl(dialect).bind_processor(dialect)
         if process is None:
             return lambda value: value
         seen: dict[Any, Any] = {}

@@ -27,7 +27,9 @@ from .conftest import recipient
 Maker = async_sessionmaker[AsyncSession]
 
 
-async def claimed(sessionmaker: Maker, count: int) -> tuple[str, list[int]]:
+async def claimed(
+    sessionmaker: Maker, count: int, now: datetime | None = None
+) -> tuple[str, list[int]]:
     action_id = str(uuid.uuid4())
     async with sessionmaker() as session, session.begin():
         claim = await ledger.claim(
@@ -35,6 +37,7 @@ async def claimed(sessionmaker: Maker, count: int) -> tuple[str, list[int]]:
             action_id=action_id,
             message_kind="alert",
             recipients=[recipient() for _ in range(count)],
+            now=now,
         )
     return action_id, sorted(claim.mine.values())
 
@@ -86,7 +89,7 @@ async def test_a_commit_writes_each_column_as_the_ledger_reads_it(sessionmaker: 
     now = datetime.now(UTC).replace(microsecond=123456)
     later = now + timedelta(minutes=5)
     held = recipient("sms").model_dump(mode="json")
-    action_id, (sent, failed, retry, scheduled) = await claimed(sessionmaker, 4)
+    action_id, (sent, failed, retry, scheduled) = await claimed(sessionmaker, 4, now)
     rows = [
         outcome(sent, "sent", now, provider_message_id="SM1", segments=2),
         outcome(failed, "failed", now, error_code="smtp:550"),
@@ -114,7 +117,20 @@ async def test_a_commit_writes_each_column_as_the_ledger_reads_it(sessionmaker: 
     assert await ledger_rows(sessionmaker, [sent, failed, retry, scheduled]) == expected
     async with sessionmaker() as session:
         bodies = [json.loads(b) for b in await session.scalars(select(Outbox.body))]
+        # As stored, not only as read: SQLite compares stamps as text (a lease's age, a retry's
+        # due time), so a stamp bound by hand must be the very text SQLAlchemy writes (the
+        # claim wrote created_at with the same ``now``).
+        stored = (
+            await session.execute(
+                text("SELECT created_at, updated_at FROM dispatch_deliveries WHERE id = :id"),
+                {"id": sent},
+            )
+        ).one()
+        report_stamp = await session.scalar(text("SELECT created_at FROM dispatcher_outbox"))
     assert [(b["action_id"], b["sent"]) for b in bodies] == [(action_id, 1)]
+    assert stored[0] == stored[1]
+    if isinstance(stored[0], str):
+        assert isinstance(report_stamp, str) and len(report_stamp) == len(stored[0])
 
 
 async def test_outcomes_handed_in_during_a_commit_go_together_in_the_next(
