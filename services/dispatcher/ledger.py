@@ -108,7 +108,7 @@ async def claim(
     token = str(uuid.uuid4())
     result = Claim(token)
     if not recipients:
-        return result  # everyone held (quiet hours, digest); an empty executemany would insert
+        return result  # everyone held (quiet hours, digest): nothing to claim
     wanted = {key_of(r) for r in recipients}
     keys = sorted(wanted)  # key order, like every other writer: no lock-order deadlock
     common: dict[str, Any] = {

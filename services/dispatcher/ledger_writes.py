@@ -10,6 +10,7 @@ cost half again as much as on SQLite.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -186,13 +187,18 @@ _REPORT_SQLITE = "INSERT INTO {table} ({columns}) VALUES ({marks})".format(
 )
 
 
-def _bind(table: Table, names: Sequence[str], dialect: Dialect) -> list[Callable[[Any], Any]]:
-    """Each column's value as SQLAlchemy would bind it (datetimes as text, JSON dumped), each
-    distinct value converted once: a commit's rows share their stamps."""
+@functools.cache
+def _processors(table: Table, names: tuple[str, ...], dialect: Dialect) -> tuple[Any, ...]:
+    """Each column's bind processing on ``dialect``, looked up once (None: bound as it is).
+    The dialect's own type: a generic DateTime binds nothing, SQLite's makes its text."""
+    return tuple(table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
 
-    def binder(kind: Any) -> Callable[[Any], Any]:
-        # The dialect's own type: a generic DateTime binds nothing, SQLite's makes its text.
-        process = kind.dialect_impl(dialect).bind_processor(dialect)
+
+def _bind(table: Table, names: tuple[str, ...], dialect: Dialect) -> list[Callable[[Any], Any]]:
+    """Each column's value as SQLAlchemy would bind it (datetimes as text, JSON dumped), each
+    distinct value converted once in a commit: its rows share their stamps."""
+
+    def binder(process: Any) -> Callable[[Any], Any]:
         if process is None:
             return lambda value: value
         seen: dict[Any, Any] = {}
@@ -210,7 +216,7 @@ def _bind(table: Table, names: Sequence[str], dialect: Dialect) -> list[Callable
 
         return bound
 
-    return [binder(table.c[name].type) for name in names]
+    return [binder(process) for process in _processors(table, names, dialect)]
 
 
 async def commit_outcomes(
@@ -226,7 +232,7 @@ async def commit_outcomes(
         async with sessionmaker() as session:
             await _record_pg(session, rows, reports)
         return
-    names = [name for name, _ in _OUTCOME_COLUMNS[1:]]
+    names = tuple(name for name, _ in _OUTCOME_COLUMNS[1:])
     binders = _bind(deliveries, names, engine.dialect)
     outcomes = [
         (*(bind(row[name]) for bind, name in zip(binders, names, strict=True)), row["row_id"])

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -78,6 +79,22 @@ def action_updated(action: ActionPublished) -> ActionUpdated:
         content={"en": UpdateContent(subject="New information", body="Details")},
         default_language="en",
     )
+
+
+def outcome(row_id: int, status: str, now: datetime, **columns: Any) -> dict[str, Any]:
+    """One row's outcome as ``ledger.commit_outcomes`` takes it (``columns`` override)."""
+    return {
+        "row_id": row_id,
+        "status": status,
+        "claim_token": None,
+        "updated_at": now,
+        "error_code": None,
+        "segments": None,
+        "provider_message_id": None,
+        "sent_at": now if status == "sent" else None,
+        "not_before": None,
+        "held": None,
+    } | columns
 
 
 def recipient(

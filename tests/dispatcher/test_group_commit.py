@@ -22,7 +22,7 @@ from services.dispatcher.models import Delivery, Outbox
 from shared.db import sqlite_in_one_trip
 from shared.events import DeliveriesReported
 
-from .conftest import recipient
+from .conftest import outcome, recipient
 
 Maker = async_sessionmaker[AsyncSession]
 
@@ -40,21 +40,6 @@ async def claimed(
             now=now,
         )
     return action_id, sorted(claim.mine.values())
-
-
-def outcome(row_id: int, status: str, now: datetime, **columns: Any) -> dict[str, Any]:
-    return {
-        "row_id": row_id,
-        "status": status,
-        "claim_token": None,
-        "updated_at": now,
-        "error_code": None,
-        "segments": None,
-        "provider_message_id": None,
-        "sent_at": now if status == "sent" else None,
-        "not_before": None,
-        "held": None,
-    } | columns
 
 
 def report(action_id: str, sent: int) -> DeliveriesReported:

@@ -31,6 +31,7 @@ from .conftest import (
     action_updated,
     batch,
     make_dispatcher,
+    outcome,
     recipient,
 )
 
@@ -277,8 +278,8 @@ async def test_a_follow_up_waits_for_an_alert_still_being_retried(sessionmaker: 
 async def test_claims_take_new_retry_and_abandoned_rows_and_leave_the_rest(
     sessionmaker: Maker,
 ) -> None:
-    """The ledger's claim on its own (one set-based statement on PostgreSQL, executemany on
-    SQLite): a row held by a live handling is busy, one whose lease ran out or left ``retry``
+    """The ledger's claim on its own (one set-based statement on each database): a row held
+    by a live handling is busy, one whose lease ran out or left ``retry``
     is taken back, a final one is done."""
     action_id, kind = str(uuid.uuid4()), "alert"
     people = [recipient(), recipient(), recipient("sms")]
@@ -294,21 +295,10 @@ async def test_claims_take_new_retry_and_abandoned_rows_and_leave_the_rest(
         )
     assert (len(rival.mine), rival.busy, rival.done) == (0, 3, 0)
     sent_id, retry_id = first.mine[ledger.key_of(people[0])], first.mine[ledger.key_of(people[1])]
-    rows = [
-        {
-            "row_id": row_id,
-            "status": status,
-            "claim_token": None,
-            "updated_at": now,
-            "error_code": None,
-            "segments": None,
-            "provider_message_id": None,
-            "sent_at": now if status == "sent" else None,
-            "not_before": now if status == "retry" else None,
-            "held": None,
-        }
-        for row_id, status in sorted([(sent_id, "sent"), (retry_id, "retry")])
-    ]
+    rows = sorted(
+        [outcome(sent_id, "sent", now), outcome(retry_id, "retry", now, not_before=now)],
+        key=lambda row: row["row_id"],
+    )
     await ledger.commit_outcomes(sessionmaker, rows)
     # The SMS row is still ``sending`` with the first token: abandoned once the lease ran out.
     later = now + ledger.CLAIM_LEASE + timedelta(seconds=1)
